@@ -1,0 +1,181 @@
+"""Hypothesis strategies for valid HSA inputs, reusable by other packages and ports.
+
+``hierarchies()`` draws hard valid forests: unbalanced and mixed-depth trees, chains of
+single-child families, branching from 1 to large, several trees whose leaves interleave in the
+row order, and shuffled internal-node ids. ``hsa_cases()`` adds ``q, k, v`` and the options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+
+from .hierarchy import Hierarchy
+
+__all__ = ["HSACase", "hierarchies", "hsa_cases"]
+
+
+def _capacity(branching: int, depth: int) -> int:
+    return branching**depth
+
+
+@st.composite
+def _nested_tree(draw: st.DrawFn, num_leaves: int, max_branching: int, depth_left: int) -> Any:
+    """A nested-list tree over ``num_leaves`` placeholder leaves (``None``), depth <= depth_left."""
+    if num_leaves == 1:
+        # A leaf, or a short chain of single-child families above it.
+        chain = draw(st.integers(0, min(2, depth_left))) if draw(st.integers(0, 3)) == 0 else 0
+        node: Any = None
+        for _ in range(chain):
+            node = [node]
+        return node
+    cap_below = _capacity(max_branching, depth_left - 1)
+    lo = max(1 if depth_left > 1 else num_leaves, -(-num_leaves // cap_below))
+    hi = min(num_leaves, max_branching)
+    num_children = draw(st.integers(lo, hi))
+    sizes, left = [], num_leaves
+    for c in range(num_children):
+        rest = num_children - c - 1
+        size = draw(st.integers(max(1, left - cap_below * rest), min(cap_below, left - rest)))
+        sizes.append(size)
+        left -= size
+    return [draw(_nested_tree(size, max_branching, depth_left - 1)) for size in sizes]
+
+
+def _number_leaves(nested: Any, ids: list[int]) -> Any:
+    if nested is None:
+        return ids.pop()
+    return [_number_leaves(child, ids) for child in nested]
+
+
+@st.composite
+def hierarchies(
+    draw: st.DrawFn,
+    *,
+    min_leaves: int = 1,
+    max_leaves: int = 24,
+    max_branching: int = 8,
+    max_depth: int = 5,
+    max_trees: int = 3,
+    shuffle: bool = True,
+) -> Hierarchy:
+    """Random valid :class:`Hierarchy` objects (forests of up to ``max_trees`` trees).
+
+    Branching ranges over ``1 .. max_branching`` (1 = single-child families), depth over
+    ``0 .. max_depth``. With ``shuffle`` the leaf rows and internal ids are permuted, so trees
+    of a forest interleave in the row order.
+    """
+    if not 1 <= min_leaves <= max_leaves:
+        raise ValueError("need 1 <= min_leaves <= max_leaves")
+    if max_branching < 1 or max_depth < 0 or max_trees < 1:
+        raise ValueError("need max_branching >= 1, max_depth >= 0, max_trees >= 1")
+    num_trees = draw(st.integers(1, min(max_trees, max_leaves)))
+    depth = draw(st.integers(0, max_depth))
+    cap = _capacity(max(max_branching, 1), depth) if max_branching > 1 else 1
+    lo = max(min_leaves, num_trees)
+    hi = min(max_leaves, cap * num_trees)
+    if lo > hi:
+        num_trees, depth = 1, max_depth
+        cap = _capacity(max_branching, depth) if max_branching > 1 else 1
+        lo, hi = min_leaves, min(max_leaves, cap)
+    num_leaves = draw(st.integers(lo, max(lo, hi)))
+    sizes, left = [], num_leaves
+    for t in range(num_trees):
+        rest = num_trees - t - 1
+        size = draw(st.integers(max(1, left - cap * rest), min(cap, left - rest)))
+        sizes.append(size)
+        left -= size
+    trees = []
+    for size in sizes:
+        nested = draw(_nested_tree(size, max_branching, depth))
+        trees.append(Hierarchy.from_nested(_number_leaves(nested, list(range(size))[::-1])))
+    h = Hierarchy.forest(trees)
+    if shuffle:
+        leaf_map = draw(st.permutations(range(h.num_leaves)))
+        fam_ids = range(h.num_leaves, h.num_nodes)
+        family_map = draw(st.permutations(fam_ids)) if h.num_families else []
+        h = h.relabel(leaf_map, family_map)
+    return h
+
+
+@dataclass
+class HSACase:
+    """One drawn input: tensors, hierarchy and options. ``describe()`` names it in failures."""
+
+    hierarchy: Hierarchy
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float | None
+    energy: str
+    seed: int
+    score_magnitude: float
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"scale": self.scale, "energy": self.energy}
+
+    def describe(self) -> str:
+        h = self.hierarchy
+        return (
+            f"HSACase(seed={self.seed}, q={tuple(self.q.shape)}, v={tuple(self.v.shape)}, "
+            f"dtype={self.q.dtype}, energy={self.energy!r}, scale={self.scale}, "
+            f"score_magnitude~{self.score_magnitude:g}, hierarchy={h.to_json()})"
+        )
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+@st.composite
+def hsa_cases(
+    draw: st.DrawFn,
+    *,
+    hierarchy: st.SearchStrategy[Hierarchy] | None = None,
+    dtype: torch.dtype = torch.float64,
+    energies: tuple[str, ...] = ("dot", "distance"),
+    max_batch_dims: int = 2,
+    max_dim: int = 8,
+    score_magnitudes: tuple[float, ...] = (1e-3, 1.0, 5.0, 30.0),
+) -> HSACase:
+    """An :class:`HSACase` with float64 random ``q, k, v`` cast to ``dtype``.
+
+    The scale is chosen so that typical scores have the drawn magnitude (``1e4`` tests overflow
+    safety); sometimes keys repeat queries or rows repeat, giving ties.
+    """
+    h = draw(hierarchy if hierarchy is not None else hierarchies())
+    n = h.num_leaves
+    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=max_batch_dims)))
+    d_k = draw(st.integers(1, max_dim))
+    d_v = draw(st.integers(1, max_dim))
+    seed = draw(st.integers(0, 2**31 - 1))
+    energy = draw(st.sampled_from(energies))
+    magnitude = draw(st.sampled_from(score_magnitudes))
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(*batch, n, d_k, generator=gen, dtype=torch.float64)
+    k = torch.randn(*batch, n, d_k, generator=gen, dtype=torch.float64)
+    v = torch.randn(*batch, n, d_v, generator=gen, dtype=torch.float64)
+    tie = draw(st.sampled_from(["none", "keys_are_queries", "repeated_rows"]))
+    if tie == "keys_are_queries":
+        k = q.clone()
+    elif tie == "repeated_rows" and n > 1:
+        q[..., 1:, :] = q[..., :1, :]
+    default_scale = draw(st.booleans())
+    # Typical |s| for unit-normal entries is about scale * sqrt(d_k) (dot) or scale * d_k.
+    typical = (d_k**0.5) if energy == "dot" else float(d_k)
+    scale = None if default_scale and magnitude == 1.0 else magnitude / typical
+    case = HSACase(
+        hierarchy=h,
+        q=q.to(dtype),
+        k=k.to(dtype),
+        v=v.to(dtype),
+        scale=scale,
+        energy=energy,
+        seed=seed,
+        score_magnitude=magnitude,
+        notes={"ties": tie},
+    )
+    return case

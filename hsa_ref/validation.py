@@ -1,0 +1,136 @@
+"""Argument checks shared by every HSA entry point: bad input fails here, with a message."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from .hierarchy import Hierarchy
+
+__all__ = ["ENERGIES", "AttentionInputs", "check_attention_inputs"]
+
+ENERGIES = ("dot", "distance")
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """Validated inputs: ``q, k, v`` broadcast to common batch dimensions ``(..., N, d)``."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor | None
+    scale: float
+    energy: str
+    positions: torch.Tensor | None
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.q.shape[:-2]
+
+
+def _check_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., N, d), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    return x
+
+
+def check_scale(scale: object, d_k: int) -> float:
+    """The softmax temperature: ``1/sqrt(d_k)`` for ``None``, else a finite real number."""
+    if scale is None:
+        return 1.0 / math.sqrt(d_k)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and not scale.requires_grad:
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
+
+
+def check_energy(energy: object) -> str:
+    if not isinstance(energy, str):
+        raise TypeError(f"energy must be a string, got {type(energy).__name__}")
+    if energy not in ENERGIES:
+        raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
+    return energy
+
+
+def check_attention_inputs(
+    q: object,
+    k: object,
+    v: object | None,
+    hierarchy: object,
+    *,
+    scale: object = None,
+    energy: object = "dot",
+    positions: object | None = None,
+) -> AttentionInputs:
+    """Validate HSA arguments; ``v=None`` checks only ``q`` and ``k`` (attention matrices).
+
+    Raises ``TypeError`` for values of the wrong type (not a tensor, not floating point,
+    mismatched dtypes, not a :class:`Hierarchy`) and ``ValueError`` for wrong shapes, devices,
+    energies or scales, each naming the argument at fault.
+    """
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}")
+    named = [("q", _check_tensor("q", q)), ("k", _check_tensor("k", k))]
+    if v is not None:
+        named.append(("v", _check_tensor("v", v)))
+    dtypes = {name: t.dtype for name, t in named}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"q, k and v must share one dtype, got {dtypes}")
+    devices = {name: t.device for name, t in named}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"q, k and v must be on one device, got {devices}")
+    n = hierarchy.num_leaves
+    for name, t in named:
+        if t.shape[-2] != n:
+            raise ValueError(
+                f"{name} has {t.shape[-2]} rows (shape {tuple(t.shape)}) but the hierarchy has "
+                f"{n} leaves: expected shape (..., {n}, d)"
+            )
+    qt, kt = named[0][1], named[1][1]
+    if qt.shape[-1] != kt.shape[-1]:
+        raise ValueError(
+            f"q and k must share the feature size d_k, got {qt.shape[-1]} and {kt.shape[-1]}"
+        )
+    if qt.shape[-1] < 1:
+        raise ValueError("q and k need at least one feature (d_k >= 1)")
+    try:
+        batch = torch.broadcast_shapes(*(t.shape[:-2] for _, t in named))
+    except RuntimeError:
+        shapes = {name: tuple(t.shape) for name, t in named}
+        raise ValueError(f"batch dimensions of q, k, v do not broadcast: {shapes}") from None
+    tensors = [t.expand(*batch, *t.shape[-2:]) for _, t in named]
+    scale_f = check_scale(scale, qt.shape[-1])
+    energy_s = check_energy(energy)
+    pos = None
+    if positions is not None:
+        if not isinstance(positions, torch.Tensor):
+            raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+        if not positions.is_floating_point():
+            raise TypeError(f"positions must have a floating-point dtype, got {positions.dtype}")
+        if positions.dim() != 2 or positions.shape[0] != hierarchy.num_nodes:
+            raise ValueError(
+                f"positions must have shape (N + M, d_p) = ({hierarchy.num_nodes}, d_p), one row "
+                f"per node, got {tuple(positions.shape)}"
+            )
+        if positions.device != qt.device:
+            raise ValueError(f"positions are on {positions.device} but q is on {qt.device}")
+        pos = positions
+    return AttentionInputs(
+        q=tensors[0],
+        k=tensors[1],
+        v=tensors[2] if v is not None else None,
+        scale=scale_f,
+        energy=energy_s,
+        positions=pos,
+    )

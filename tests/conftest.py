@@ -1,0 +1,26 @@
+"""Pytest and Hypothesis configuration, in one place.
+
+Hypothesis profiles: ``ci`` (derandomised, used when ``CI`` is set), ``dev`` (the default) and
+``thorough`` (many examples). Pick one with ``HYPOTHESIS_PROFILE=thorough``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+_common = {
+    "deadline": None,
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+settings.register_profile("ci", max_examples=30, derandomize=True, **_common)
+settings.register_profile("dev", max_examples=20, **_common)
+settings.register_profile("thorough", max_examples=500, **_common)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
+
+torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
