@@ -37,6 +37,21 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def main(session: nox.Session) -> None:
-    """The main job: the verification summary."""
+    """The main job: the verification summary, then the benchmark sweep and its plots."""
     _install(session, "test")
     session.run("python", "-m", "hsa_ref.summary", *session.posargs)
+    session.run("python", "-m", "bench")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark sweeps (pytest-benchmark): ``-- --quick`` for CI, ``-- --full`` for N to 2**20."""
+    _install(session, "bench")
+    session.run("python", "-m", "bench", "--no-plots", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def plots(session: nox.Session) -> None:
+    """Plots, fitted exponents and work-count checks from results/bench/<device>/benchmark.json."""
+    session.install("numpy>=1.26", "matplotlib>=3.8")
+    session.run("python", "-m", "bench.plots", *session.posargs)

@@ -1,0 +1,87 @@
+"""``python -m bench``: run the sweeps with pytest-benchmark, then draw the plots.
+
+    python -m bench                      # default profile on CPU (a few minutes), then plots
+    python -m bench --quick              # CI profile (about a minute)
+    python -m bench --full               # N up to 1,048,576 (long on CPU)
+    python -m bench --device cuda --full # on a CUDA machine
+    python -m bench --no-plots -- -k "N-hsa_fast"   # pytest arguments after --
+
+Results go to ``<out>/<device>/benchmark.json`` (pytest-benchmark JSON with machine, torch version
+and date); the plots and ``<out>/SUMMARY.md`` are written by :mod:`bench.plots`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cases import DEVICES
+
+DEFAULT_OUT = Path("results") / "bench"
+
+
+def pytest_command(profile: str, device: str, out: Path, extra: list[str]) -> list[str]:
+    """The pytest command line that runs one profile on one device."""
+    json_path = out / device / "benchmark.json"
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(Path(__file__).with_name("bench_sweeps.py")),
+        "-p",
+        "bench.plugin",
+        "-p",
+        "no:cacheprovider",
+        f"--profile={profile}",
+        f"--device={device}",
+        "--benchmark-enable",
+        f"--benchmark-json={json_path}",
+        "--benchmark-columns=min,median,rounds",
+        "--benchmark-sort=fullname",
+        "--benchmark-group-by=group",
+        "-v",
+        *extra,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the CI profile")
+    size.add_argument("--full", action="store_true", help="the big sweep (N to 1,048,576)")
+    parser.add_argument("--device", choices=(*DEVICES, "all"), default="cpu")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    parser.add_argument("--no-plots", action="store_true", help="only run the sweeps")
+    args = parser.parse_args(argv)
+    profile = "quick" if args.quick else "full" if args.full else "default"
+    devices = list(DEVICES) if args.device == "all" else [args.device]
+    if "cuda" in devices and args.device == "all":
+        import torch
+
+        if not torch.cuda.is_available():
+            devices.remove("cuda")
+    status = 0
+    for device in devices:
+        (args.out / device).mkdir(parents=True, exist_ok=True)
+        print(f"== sweeps: profile {profile}, device {device} ==", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.call(pytest_command(profile, device, args.out, extra))
+        print(f"== {device}: {time.perf_counter() - start:.0f} s, pytest exit {rc} ==", flush=True)
+        status = status or rc
+    if not args.no_plots:
+        from .plots import main as plots_main
+
+        status = plots_main(["--results", str(args.out)]) or status
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""The benchmark sweeps (pytest-benchmark). Run through ``python -m bench`` or ``nox -s bench``.
+
+Each case times one forward call on ``(1, heads, N, d)`` inputs and stores in ``extra_info`` the
+sizes (``N``, ``M``, ``b``, ``d``, ``heads``), dtype, device and work counts of
+:mod:`bench.shapes`. The layout of ``hsa_fast`` is compiled (and cached) before timing; its
+one-off cost is recorded as ``compile_s``. Assertions here are on exact work counts only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.cases import PROFILES, Case, cases
+from bench.shapes import build, dense_work, programme_work
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" in metafunc.fixturenames:
+        profile = metafunc.config.getoption("--profile", "default")
+        device = metafunc.config.getoption("--device", "cpu")
+        all_cases = cases(profile, device)
+        metafunc.parametrize("case", all_cases, ids=[c.id for c in all_cases])
+
+
+def _inputs(case: Case, device: str) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(case.n * 7 + case.d)
+    shape = (1, case.heads, case.n, case.d)
+    dtype = DTYPES[case.dtype]
+    return tuple(torch.randn(shape, generator=g, dtype=dtype).to(device) for _ in range(3))
+
+
+def _sync(device: str) -> Callable[[], None]:
+    if device == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _time_case(benchmark: Any, fn: Callable[[], Any], case: Case, budget_s: float, cap: int):
+    """Warm up once (unless ``single_shot``), then time enough rounds to fill ``budget_s``."""
+    if case.single_shot:
+        return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    rounds = max(1, min(cap, int(budget_s / max(first, 1e-6))))
+    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> None:
+    device = request.config.getoption("--device", "cpu")
+    profile = PROFILES[request.config.getoption("--profile", "default")]
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    h = build(case.shape, case.n, case.b, case.trees)
+    q, k, v = _inputs(case, device)
+    sync = _sync(device)
+    info: dict[str, Any] = {
+        "sweep": case.sweep,
+        "impl": case.impl,
+        "shape": case.shape,
+        "N": case.n,
+        "M": h.num_families if case.impl != "sdpa" else 0,
+        "b": h.max_branching if case.impl != "sdpa" else 0,
+        "b_param": case.b,
+        "trees": case.trees,
+        "d": case.d,
+        "heads": case.heads,
+        "dtype": case.dtype,
+        "device": device,
+        "profile": profile.name,
+    }
+    if case.impl == "sdpa":
+        work = dense_work(case.n, d_k=case.d, d_v=case.d, heads=case.heads)
+
+        def fn() -> Any:
+            out = F.scaled_dot_product_attention(q, k, v)
+            sync()
+            return out
+
+    elif case.impl == "hsa_fast":
+        hsa_fast = pytest.importorskip("hsa_fast")
+        work = programme_work(h, d_k=case.d, d_v=case.d, heads=case.heads)
+        start = time.perf_counter()
+        layout = hsa_fast.compile_hierarchy(h, device=device)
+        sync()
+        info["compile_s"] = time.perf_counter() - start
+        assert layout.num_energies == work.energies
+
+        def fn() -> Any:
+            out = hsa_fast.hsa(q, k, v, h)
+            sync()
+            return out
+
+    elif case.impl == "hsa_reference":
+        from hsa_ref import hsa_reference
+
+        # The reference's own cost is quadratic; the programme's counts are kept for comparison.
+        work = programme_work(h, d_k=case.d, d_v=case.d, heads=case.heads)
+
+        def fn() -> Any:
+            return hsa_reference(q, k, v, h)
+
+    else:
+        raise ValueError(f"unknown implementation {case.impl!r}")
+    info["energies"] = work.energies
+    info["flops"] = work.flops
+    info["dense_flops"] = dense_work(case.n, d_k=case.d, d_v=case.d, heads=case.heads).flops
+    benchmark.group = f"{case.sweep} sweep"
+    benchmark.extra_info.update(info)
+    try:
+        with torch.inference_mode():
+            _time_case(benchmark, fn, case, profile.budget_s, profile.max_rounds)
+    except torch.OutOfMemoryError:
+        pytest.skip(f"{case.impl} at N={case.n}, d={case.d} does not fit in {device} memory")

@@ -1,0 +1,227 @@
+"""The benchmark tooling: power-law fits, sweep shapes, work counts and the plots' checks.
+
+No test here times anything: work counts are exact, fits are checked on synthetic data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench import plots
+from bench.cases import PROFILES, cases
+from bench.fit import fit_power_law, t_cdf, t_quantile
+from bench.shapes import balanced_work, build, dense_work, programme_energies, programme_work
+from hsa_ref import Hierarchy
+
+# ----------------------------------------------------------------------------------- fitting
+
+# Two-sided 95% points of Student's t (standard tables).
+T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 5: 2.5706, 7: 2.3646, 10: 2.2281, 30: 2.0423}
+
+
+@pytest.mark.parametrize(("df", "expected"), sorted(T_975.items()))
+def test_t_quantile_matches_tables(df: int, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-4)
+
+
+def test_t_cdf_limits() -> None:
+    assert t_cdf(0.0, 3) == 0.5
+    assert t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-12)  # Cauchy: 1/2 + atan(1)/pi
+    assert t_cdf(1.96, 1e6) == pytest.approx(0.9750021, abs=1e-6)  # the normal limit
+    assert t_cdf(-2.0, 5) == pytest.approx(1 - t_cdf(2.0, 5), abs=1e-14)
+
+
+@pytest.mark.parametrize(("exponent", "prefactor"), [(1.0, 3e-7), (2.0, 1e-9), (-0.5, 4.0)])
+def test_exact_power_law_is_recovered(exponent: float, prefactor: float) -> None:
+    x = np.geomspace(1e3, 1e6, 7)
+    fit = fit_power_law(x, prefactor * x**exponent)
+    assert fit.exponent == pytest.approx(exponent, abs=1e-12)
+    assert fit.prefactor == pytest.approx(prefactor, rel=1e-9)
+    assert fit.ci[0] == pytest.approx(exponent, abs=1e-9)
+    assert fit.ci[1] == pytest.approx(exponent, abs=1e-9)
+    assert fit.r2 == pytest.approx(1.0)
+    assert fit(2e3) == pytest.approx(prefactor * 2e3**exponent, rel=1e-9)
+
+
+def test_interval_is_the_textbook_one() -> None:
+    rng = np.random.default_rng(1)
+    x = np.geomspace(10, 1e5, 9)
+    y = 2.0 * x**1.3 * np.exp(rng.normal(0, 0.2, x.size))
+    fit = fit_power_law(x, y)
+    design = np.column_stack([np.ones(x.size), np.log(x)])
+    coef, rss, *_ = np.linalg.lstsq(design, np.log(y), rcond=None)
+    cov = rss[0] / (x.size - 2) * np.linalg.inv(design.T @ design)
+    assert fit.exponent == pytest.approx(coef[1], abs=1e-12)
+    assert fit.stderr == pytest.approx(math.sqrt(cov[1, 1]), rel=1e-9)
+    assert fit.half_width == pytest.approx(T_975[7] * fit.stderr, rel=1e-4)
+
+
+def test_interval_covers_the_true_exponent_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(2025)
+    x = np.geomspace(1e3, 1e6, 6)
+    trials = 1000
+    hits = 0
+    for _ in range(trials):
+        y = 1e-6 * x**1.1 * np.exp(rng.normal(0, 0.3, x.size))
+        lo, hi = fit_power_law(x, y).ci
+        hits += lo <= 1.1 <= hi
+    # Binomial(1000, 0.95) has standard deviation 0.0069: allow four of them.
+    assert abs(hits / trials - 0.95) < 0.028
+
+
+def test_two_points_have_no_interval() -> None:
+    fit = fit_power_law([1.0, 10.0], [2.0, 200.0])
+    assert fit.exponent == pytest.approx(2.0)
+    assert math.isnan(fit.ci[0])
+    assert fit.label() == "2.00"
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [([1.0], [1.0]), ([1.0, 2.0], [1.0, 0.0]), ([1.0, 1.0], [1.0, 2.0]), ([1, 2], [1, 2, 3])],
+)
+def test_bad_fit_input_raises(x: list[float], y: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"fit needs|must be 1-D"):
+        fit_power_law(x, y)
+
+
+# ----------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("b", [2, 3, 4, 7, 16, 64])
+def test_balanced_work_mirrors_the_hierarchy(b: int) -> None:
+    for n in (1, 2, 5, 16, 17, 100, 255, 256, 1000, 4096):
+        h = Hierarchy.balanced(n, b)
+        bf = h.branching[n:]
+        assert programme_energies(h) == n + int((bf * (bf - 1)).sum())
+        assert balanced_work(n, b) == programme_energies(h)
+
+
+@pytest.mark.parametrize(("n", "b", "trees"), [(64, 4, 1), (64, 4, 4), (4096, 16, 16), (300, 3, 7)])
+def test_packed_shape(n: int, b: int, trees: int) -> None:
+    h = build("packed", n, b, trees)
+    assert h.num_leaves == n
+    assert h.num_families == trees * (b + 1)
+    assert h.num_trees == trees + n - trees * b * b
+    assert set(h.branching[n:].tolist()) == {b}
+    assert programme_energies(h) == n + h.num_families * b * (b - 1)
+    w = programme_work(h, d_k=8, d_v=4, heads=2)
+    assert w.flops == 2 * 2 * 12 * (w.energies + n + h.num_families)
+
+
+def test_packed_shape_rejects_too_many_trees() -> None:
+    with pytest.raises(ValueError, match="trees"):
+        build("packed", 100, 4, 7)
+
+
+def test_programme_work_matches_hsa_fast_layout() -> None:
+    hsa_fast = pytest.importorskip("hsa_fast")
+    for h in (build("balanced", 1000, 16), build("packed", 600, 4, 20), build("balanced", 77, 3)):
+        assert hsa_fast.compile_hierarchy(h).num_energies == programme_energies(h)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_work_exponents_of_every_profile(profile: str) -> None:
+    p = PROFILES[profile]
+    n = np.array(p.n_fast)
+    prog = fit_power_law(n, [balanced_work(int(x), 16) for x in n])
+    assert abs(prog.exponent - 1) <= 0.05
+    nd = np.array(p.n_dense)
+    dense = fit_power_law(nd, [dense_work(int(x), d_k=64, d_v=64, heads=8).energies for x in nd])
+    assert dense.exponent == pytest.approx(2.0, abs=1e-12)
+
+
+def test_work_grows_linearly_in_m_at_fixed_n_and_b() -> None:
+    n, b = 4096, 16
+    ms, es = [], []
+    for t in (1, 2, 4, 8, 16):
+        h = build("packed", n, b, t)
+        ms.append(h.num_families)
+        es.append(programme_energies(h) - n)
+    assert fit_power_law(ms, es).exponent == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_cases_are_well_formed(profile: str, device: str) -> None:
+    cs = cases(profile, device)
+    assert len({c.id for c in cs}) == len(cs)
+    assert {c.sweep for c in cs} == {"N", "M", "b", "d"}
+    assert (device == "cpu") == any(c.impl == "hsa_reference" for c in cs)
+    p = PROFILES[profile]
+    dense_n = {c.n for c in cs if c.impl == "sdpa" and c.d == 64}
+    assert p.fixed_n_fast in dense_n  # the dense baseline of the M and b sweeps
+    for c in cs:
+        if c.shape == "packed":
+            assert c.trees * c.b * c.b <= c.n
+
+
+# ----------------------------------------------------------------------------------- plots
+
+
+def _fake_benchmark(case, seconds: float) -> dict:
+    h = build(case.shape, case.n, case.b, case.trees)
+    if case.impl == "sdpa":
+        work = dense_work(case.n, d_k=case.d, d_v=case.d, heads=case.heads)
+    else:
+        work = programme_work(h, d_k=case.d, d_v=case.d, heads=case.heads)
+    dense = dense_work(case.n, d_k=case.d, d_v=case.d, heads=case.heads)
+    extra = {
+        "sweep": case.sweep,
+        "impl": case.impl,
+        "N": case.n,
+        "M": 0 if case.impl == "sdpa" else h.num_families,
+        "b": 0 if case.impl == "sdpa" else h.max_branching,
+        "d": case.d,
+        "heads": case.heads,
+        "dtype": case.dtype,
+        "device": "cpu",
+        "energies": work.energies,
+        "flops": work.flops,
+        "dense_flops": dense.flops,
+    }
+    stats = {"min": seconds, "median": seconds * 1.1, "rounds": 3}
+    return {"name": case.id, "extra_info": extra, "stats": stats}
+
+
+def test_plots_from_synthetic_runs(tmp_path, capsys) -> None:
+    benches = []
+    for c in cases("quick", "cpu"):
+        if c.n > 4096 and c.impl != "sdpa":
+            continue
+        w = _fake_benchmark(c, 1.0)
+        flops = w["extra_info"]["dense_flops" if c.impl == "sdpa" else "flops"]
+        w["stats"]["min"] = 1e-4 + flops / 2e10  # overhead plus a fixed rate
+        benches.append(w)
+    info = {"hsa_bench": {"device": "cpu", "torch": "x", "date": "2000-01-01", "profile": "t"}}
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "benchmark.json").write_text(
+        json.dumps({"machine_info": info, "benchmarks": benches, "datetime": "2000-01-01"})
+    )
+    assert plots.main(["--results", str(tmp_path)]) == 0
+    for name in plots.FIGURES:
+        for ext in ("png", "svg"):
+            assert (tmp_path / "cpu" / f"{name}.{ext}").stat().st_size > 0
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "| N | hsa_fast |" in summary
+    assert "FAIL" not in summary
+    assert str(tmp_path / "SUMMARY.md") in capsys.readouterr().out
+
+    # A programme whose energies grew like N**2 fails the work-count check.
+    for w in benches:
+        x = w["extra_info"]
+        if x["impl"] == "hsa_fast" and x["sweep"] == "N":
+            x["energies"] = x["N"] ** 2
+    (tmp_path / "cpu" / "benchmark.json").write_text(
+        json.dumps({"machine_info": info, "benchmarks": benches, "datetime": "2000-01-01"})
+    )
+    assert plots.main(["--results", str(tmp_path)]) == 1
+
+
+def test_plots_without_results_fails(tmp_path) -> None:
+    assert plots.main(["--results", str(tmp_path)]) == 1
