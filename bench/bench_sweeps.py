@@ -50,7 +50,9 @@ def _time_case(benchmark: Any, fn: Callable[[], Any], case: Case, budget_s: floa
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
-    rounds = max(1, min(cap, int(budget_s / max(first, 1e-6))))
+    # At least three rounds for calls shorter than the budget: a single short round is noise.
+    floor = 3 if first < budget_s else 1
+    rounds = min(cap, max(floor, int(budget_s / max(first, 1e-6))))
     return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
 

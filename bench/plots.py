@@ -266,9 +266,24 @@ def _dense_baseline(ax: Any, run: Run, programme: list[Record]) -> None:
     )
 
 
-def _finish(ax: Any, fig: Any, title: str, xlabel: str, run: Run, out: Path, name: str) -> None:
+def _finish(
+    ax: Any,
+    fig: Any,
+    title: str,
+    xlabel: str,
+    run: Run,
+    out: Path,
+    name: str,
+    xticks: list[int] | None = None,
+) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if xticks:
+        ax.xaxis.set_major_locator(FixedLocator(xticks))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{round(v):,}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("runtime per call (s, fastest round)")
     ax.set_title(title, fontsize=11)
@@ -281,7 +296,7 @@ def _finish(ax: Any, fig: Any, title: str, xlabel: str, run: Run, out: Path, nam
         fontsize=8,
         frameon=False,
     )
-    fig.text(0.5, 0.005, run.caption, ha="center", va="bottom", fontsize=7.5, color="0.35")
+    fig.supxlabel(run.caption, fontsize=7.5, color="0.35")
     for ext in ("png", "svg"):
         fig.savefig(out / f"{name}.{ext}", dpi=150 if ext == "png" else None)
 
@@ -322,7 +337,8 @@ def plot_sweep(run: Run, sweep: str, out: Path) -> dict[str, PowerLawFit | None]
     heads = sorted({r.heads for r in records})
     title = f"{titles[sweep]}\n{run.device}, {'/'.join(map(str, heads))} heads, float32"
     title += " (reference float64)" if any(r.impl == "hsa_reference" for r in records) else ""
-    _finish(ax, fig, title, xlabel, run, out, f"runtime_vs_{key}")
+    ticks = sorted({r.x(sweep) for r in records}) if sweep in ("b", "d") else None
+    _finish(ax, fig, title, xlabel, run, out, f"runtime_vs_{key}", ticks)
     plt.close(fig)
     return fits
 
