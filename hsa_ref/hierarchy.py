@@ -44,7 +44,7 @@ class Hierarchy:
     Instances are hashable and compare by structure, so they can key caches.
     """
 
-    __slots__ = ("__dict__", "_num_leaves", "_parent")
+    __slots__ = ("__dict__", "__weakref__", "_num_leaves", "_parent")
 
     def __init__(self, parent: Sequence[int], num_leaves: int) -> None:
         num_leaves = _as_int(num_leaves, "num_leaves")
@@ -348,7 +348,8 @@ class Hierarchy:
         return range(self._num_leaves, self.num_nodes)
 
     @cached_property
-    def _children_csr(self) -> tuple[np.ndarray, np.ndarray]:
+    def children_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, order)``: the children of ``x`` are ``order[offsets[x]:offsets[x + 1]]``."""
         has_parent = np.flatnonzero(self._parent >= 0)
         order = has_parent[np.argsort(self._parent[has_parent], kind="stable")]
         counts = np.bincount(self._parent[has_parent], minlength=self.num_nodes)
@@ -358,13 +359,13 @@ class Hierarchy:
     def children(self, node: int) -> list[int]:
         """Children of ``node`` in increasing id order (empty for a leaf)."""
         node = self._check_node(node)
-        offsets, order = self._children_csr
+        offsets, order = self.children_csr
         return order[offsets[node] : offsets[node + 1]].tolist()
 
     @cached_property
     def branching(self) -> np.ndarray:
         """Number of children of every node (0 for leaves), shape ``(N+M,)``."""
-        offsets, _ = self._children_csr
+        offsets, _ = self.children_csr
         return np.diff(offsets)
 
     @property
@@ -465,6 +466,10 @@ class Hierarchy:
         return self._num_leaves == other._num_leaves and np.array_equal(self._parent, other._parent)
 
     def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
         return hash((self._num_leaves, self._parent.tobytes()))
 
     def __repr__(self) -> str:

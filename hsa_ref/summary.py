@@ -168,4 +168,7 @@ def _load_plugins() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable copy of this module, whose registry plugins extend.
+    from hsa_ref.summary import main as _main
+
+    raise SystemExit(_main())

@@ -1,0 +1,12 @@
+"""hsa_fast: Hierarchical Self-Attention by the O(M b^2) dynamic programme (SPEC section 5).
+
+``hsa(q, k, v, hierarchy)`` has the contract of ``hsa_ref.hsa_reference`` but never forms an
+``N x N`` array, runs on any torch device, keeps the input dtype (accumulating in float32 or
+wider) and is differentiable.
+"""
+
+from .api import hsa
+from .layout import FamilyBucket, HSALayout, compile_hierarchy
+from .module import HierarchicalSelfAttention
+
+__all__ = ["FamilyBucket", "HSALayout", "HierarchicalSelfAttention", "compile_hierarchy", "hsa"]

@@ -1,0 +1,191 @@
+"""A hierarchy compiled once into device tensors for the dynamic programme.
+
+The upward pass runs height by height (a family's children all have smaller heights); within a
+height, families are grouped into buckets of similar branching and padded only up to the largest
+branching of their bucket, so a bucket is a handful of batched tensor ops. The downward pass runs
+depth by depth over families, then once over all leaves.
+
+Leaves and families are stored apart: per-leaf data stays in the caller's ``(Z, N, d)`` tensors,
+per-family data in buffers of ``M + 1`` rows whose last row (``pad = M``) is a padding family
+that roots point to. Children of a bucket are addressed by flat slot ``family * width + j``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hsa_ref import Hierarchy
+
+__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy"]
+
+
+@dataclass(frozen=True)
+class FamilyBucket:
+    """Families of one height with similar branching, padded to ``width`` children.
+
+    Family ids are local (``node - N``). ``log_size`` ``(f, width)`` holds ``log|C|`` (``-inf``
+    in padded slots), ``weight`` ``(f, width)`` holds ``|B| / |A|`` (0 in padded slots).
+    Children are read in one of three ways: ``leaf_start`` is set when slot ``s`` holds leaf
+    ``leaf_start + s`` for every slot (a view, no copy); otherwise ``slot_leaf`` / ``slot_family``
+    ``(f * width,)`` name the leaf / family read by each slot (0 / ``pad`` where the slot holds
+    something else) and ``slot_is_leaf`` says which applies. ``leaf_slots, leaf_ids`` and
+    ``family_slots, family_ids`` list the real slots of each kind, for writing results back.
+    """
+
+    family: torch.Tensor
+    width: int
+    log_size: torch.Tensor
+    weight: torch.Tensor
+    leaf_start: int | None
+    slot_leaf: torch.Tensor | None
+    slot_family: torch.Tensor | None
+    slot_is_leaf: torch.Tensor | None
+    leaf_slots: torch.Tensor
+    leaf_ids: torch.Tensor
+    family_slots: torch.Tensor
+    family_ids: torch.Tensor
+    has_leaves: bool
+    has_families: bool
+
+    @property
+    def num_families(self) -> int:
+        return int(self.family.shape[0])
+
+
+@dataclass(frozen=True)
+class HSALayout:
+    """Everything the programme needs about one hierarchy, on one device.
+
+    ``up``: buckets ordered so that every child is final before its family is processed;
+    ``down``: per family depth ``t >= 1``, ``(families, parents)`` as local ids;
+    ``leaf_parent``: ``(N,)`` local parent of each leaf (``pad`` for a one-leaf tree).
+    ``num_energies`` is the number of energies the programme evaluates,
+    ``N + sum_f b_f (b_f - 1)`` (leaf self terms and sibling blocks, padding excluded), counted
+    from the buckets; ``num_padded_energies`` includes padded slots.
+    """
+
+    num_leaves: int
+    num_families: int
+    up: tuple[FamilyBucket, ...]
+    down: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    leaf_parent: torch.Tensor
+    device: torch.device
+    num_energies: int
+    num_padded_energies: int
+
+    @property
+    def pad(self) -> int:
+        return self.num_families
+
+
+def _bucket_key(branching: np.ndarray) -> np.ndarray:
+    """Bins 1, 2, 3-4, 5-8, 9-16, ...: padding never doubles a family's width."""
+    return np.ceil(np.log2(np.maximum(branching, 1))).astype(np.int64)
+
+
+def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[FamilyBucket, int, int]:
+    n, m = h.num_leaves, h.num_families
+    offsets, order = h.children_csr
+    b = h.branching[fam]
+    width = int(b.max())
+    valid = np.arange(width)[None, :] < b[:, None]
+    first = offsets[fam][:, None] + np.arange(width)[None, :]
+    kids = np.where(valid, order[np.minimum(first, len(order) - 1)], -1)
+    counts = h.leaf_counts.astype(np.float64)
+    kid_counts = np.where(valid, counts[np.maximum(kids, 0)], 1.0)
+    is_leaf = valid & (kids < n)
+    is_family = valid & (kids >= n)
+    flat_kids, flat_leaf, flat_fam = kids.reshape(-1), is_leaf.reshape(-1), is_family.reshape(-1)
+    leaf_slots, family_slots = np.flatnonzero(flat_leaf), np.flatnonzero(flat_fam)
+
+    def t(x, dtype=torch.long):
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)
+
+    leaf_start = None
+    if flat_leaf.all() and np.array_equal(flat_kids, flat_kids[0] + np.arange(flat_kids.size)):
+        leaf_start = int(flat_kids[0])
+    bucket = FamilyBucket(
+        family=t(fam - n),
+        width=width,
+        log_size=t(np.where(valid, np.log(kid_counts), -np.inf), torch.float64),
+        weight=t(np.where(valid, kid_counts / counts[fam][:, None], 0.0), torch.float64),
+        leaf_start=leaf_start,
+        slot_leaf=None if leaf_start is not None else t(np.where(flat_leaf, flat_kids, 0)),
+        slot_family=None if leaf_start is not None else t(np.where(flat_fam, flat_kids - n, m)),
+        slot_is_leaf=None if leaf_start is not None else t(flat_leaf, torch.bool),
+        leaf_slots=t(leaf_slots),
+        leaf_ids=t(flat_kids[leaf_slots]),
+        family_slots=t(family_slots),
+        family_ids=t(flat_kids[family_slots] - n),
+        has_leaves=bool(leaf_slots.size),
+        has_families=bool(family_slots.size),
+    )
+    return bucket, int((b * (b - 1)).sum()), len(fam) * width * (width - 1)
+
+
+def _build(h: Hierarchy, device: torch.device) -> HSALayout:
+    n, total = h.num_leaves, h.num_nodes
+    m = total - n
+    families = np.arange(n, total)
+    height = h.height[families]
+    key = _bucket_key(h.branching[families])
+    up, num_energies, num_padded = [], n, n
+    for level in np.unique(height):
+        at_level = height == level
+        for k in np.unique(key[at_level]):
+            bucket, energies, padded = _bucket(h, families[at_level & (key == k)], device)
+            up.append(bucket)
+            num_energies += energies
+            num_padded += padded
+    parent = h.parent_array
+    down = []
+    for nodes in h.nodes_by_depth[1:]:
+        fam_nodes = nodes[nodes >= n]
+        if fam_nodes.size:
+            down.append(
+                (
+                    torch.as_tensor(fam_nodes - n, dtype=torch.long, device=device),
+                    torch.as_tensor(parent[fam_nodes] - n, dtype=torch.long, device=device),
+                )
+            )
+    leaf_parent = np.where(parent[:n] >= 0, parent[:n] - n, m)
+    return HSALayout(
+        num_leaves=n,
+        num_families=m,
+        up=tuple(up),
+        down=tuple(down),
+        leaf_parent=torch.as_tensor(leaf_parent, dtype=torch.long, device=device),
+        device=device,
+        num_energies=num_energies,
+        num_padded_energies=num_padded,
+    )
+
+
+_CACHE: weakref.WeakKeyDictionary[Hierarchy, dict[torch.device, HSALayout]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCK = threading.Lock()
+
+
+def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") -> HSALayout:
+    """The layout of ``hierarchy`` on ``device``, built once and cached.
+
+    The cache keeps one layout per (hierarchy, device) for as long as the hierarchy object
+    lives; equal hierarchies share it.
+    """
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    with _LOCK:
+        per_device = _CACHE.setdefault(hierarchy, {})
+        layout = per_device.get(device)
+        if layout is None:
+            layout = per_device[device] = _build(hierarchy, device)
+    return layout

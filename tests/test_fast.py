@@ -1,0 +1,296 @@
+"""hsa_fast against the float64 reference (SPEC section 6), plus its own invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hsa_fast import compile_hierarchy, hsa
+from hsa_ref import Hierarchy, hsa_reference
+from hsa_ref.strategies import hierarchies, hsa_cases
+from hsa_ref.tolerance import compare_to_reference
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def _qkv(seed: int, n: int, d_k: int = 4, d_v: int = 3, batch=(), dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(
+        torch.randn(*batch, n, d, generator=g, dtype=torch.float64).to(dtype)
+        for d in (d_k, d_k, d_v)
+    )
+
+
+def _check(case, **extra):
+    out = hsa(case.q, case.k, case.v, case.hierarchy, **case.kwargs(), **extra)
+    assert out.dtype == case.q.dtype
+    assert out.shape == (*case.q.shape[:-1], case.v.shape[-1])
+    verdict = compare_to_reference(
+        out, case.q, case.k, case.v, case.hierarchy, **case.kwargs(), **extra
+    )
+    assert verdict.passed, f"{verdict} for {case.describe()}"
+
+
+@given(
+    hsa_cases(
+        hierarchy=hierarchies(max_leaves=40, max_branching=10),
+        score_magnitudes=(1e-3, 1.0, 8.0, 1e2, 1e4),
+    )
+)
+def test_matches_reference_float64(case):
+    _check(case)
+
+
+@given(
+    hsa_cases(
+        hierarchy=hierarchies(max_leaves=40, max_branching=10),
+        dtype=torch.float32,
+        score_magnitudes=(1e-3, 1.0, 5.0, 1e2, 1e4),
+    )
+)
+def test_matches_reference_float32(case):
+    _check(case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@given(data=st.data())
+def test_matches_reference_half_precision(dtype, data):
+    case = data.draw(
+        hsa_cases(
+            hierarchy=hierarchies(max_leaves=30), dtype=dtype, score_magnitudes=(1e-2, 1.0, 5.0)
+        )
+    )
+    _check(case)
+
+
+@given(hsa_cases(hierarchy=hierarchies(max_leaves=20), max_batch_dims=1), st.data())
+def test_positions_match_reference(case, data):
+    n_nodes = case.hierarchy.num_nodes
+    seed = data.draw(st.integers(0, 10**6))
+    pos = torch.randn(
+        n_nodes, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+    _check(case, positions=pos)
+
+
+@given(hierarchies(max_leaves=60, max_branching=300, max_depth=2, max_trees=1))
+def test_large_branching(h):
+    q, k, v = _qkv(1, h.num_leaves)
+    torch.testing.assert_close(hsa(q, k, v, h), hsa_reference(q, k, v, h), rtol=1e-10, atol=1e-12)
+
+
+def test_very_large_family():
+    n = 2000
+    h = Hierarchy.from_parents([n] * n + [-1], n)
+    q, k, v = _qkv(2, n, d_k=8, dtype=torch.float32)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(hsa(q, k, v, h), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_family_is_sdpa_and_one_leaf_is_v(dtype):
+    q, k, v = _qkv(3, 9, batch=(2, 3), dtype=dtype)
+    h = Hierarchy.from_parents([9] * 9 + [-1], 9)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}[
+        dtype
+    ]
+    torch.testing.assert_close(
+        hsa(q, k, v, h), F.scaled_dot_product_attention(q, k, v), rtol=0, atol=tol
+    )
+    q1, k1, v1 = q[..., :1, :], k[..., :1, :], v[..., :1, :]
+    for tree in (Hierarchy.from_parents([-1], 1), Hierarchy.from_nested([[[0]]])):
+        assert torch.equal(hsa(q1 * 1000, k1, v1, tree), v1)
+
+
+@given(hsa_cases(hierarchy=hierarchies(max_leaves=16)), st.data())
+def test_invariants_permutation_and_single_child(case, data):
+    h = case.hierarchy
+    out = hsa(case.q, case.k, case.v, h, **case.kwargs())
+    leaf_map = data.draw(st.permutations(range(h.num_leaves)))
+    family_map = data.draw(st.permutations(range(h.num_leaves, h.num_nodes)))
+    inv = torch.empty(h.num_leaves, dtype=torch.long)
+    inv[torch.tensor(leaf_map, dtype=torch.long)] = torch.arange(h.num_leaves)
+    moved = hsa(
+        case.q[..., inv, :],
+        case.k[..., inv, :],
+        case.v[..., inv, :],
+        h.relabel(leaf_map, family_map),
+        **case.kwargs(),
+    )
+    torch.testing.assert_close(moved, out[..., inv, :], rtol=1e-9, atol=1e-11)
+    node = data.draw(st.integers(0, h.num_nodes - 1))
+    parent = h.parent
+    parent.append(parent[node])
+    parent[node] = len(parent) - 1
+    wrapped = Hierarchy.from_parents(parent, h.num_leaves)
+    torch.testing.assert_close(
+        hsa(case.q, case.k, case.v, wrapped, **case.kwargs()), out, rtol=1e-9, atol=1e-11
+    )
+
+
+@given(st.lists(hierarchies(max_leaves=9, max_trees=1), min_size=2, max_size=4), st.integers(0, 99))
+def test_forest_equals_each_tree_alone(trees, seed):
+    forest = Hierarchy.forest(trees)
+    q, k, v = _qkv(seed, forest.num_leaves, batch=(2,))
+    out, start = hsa(q, k, v, forest), 0
+    for tree in trees:
+        rows = slice(start, start + tree.num_leaves)
+        torch.testing.assert_close(
+            out[..., rows, :], hsa(q[..., rows, :], k[..., rows, :], v[..., rows, :], tree)
+        )
+        start += tree.num_leaves
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+def test_huge_scores_stay_finite(dtype, energy):
+    trees = [
+        Hierarchy.from_nested([[0, [1, 2]], [[3]], 4, [5, 6, 7]]),
+        Hierarchy.from_parents([-1], 1),
+        Hierarchy.balanced(30, 4),
+    ]
+    for h in trees:
+        q, k, v = _qkv(5, h.num_leaves, d_k=4, dtype=dtype)
+        for scale in (1e4 / 4, -1e4 / 4):
+            out = hsa(q, k, v, h, scale=scale, energy=energy)
+            assert torch.isfinite(out).all(), (h, scale)
+            verdict = compare_to_reference(out, q, k, v, h, scale=scale, energy=energy)
+            assert verdict.passed, str(verdict)
+
+
+def test_broadcast_batch_dims():
+    h = Hierarchy.balanced(10, 3)
+    q, k, v = _qkv(7, 10, batch=(2, 3))
+    shared = k[0, 0]
+    torch.testing.assert_close(hsa(q, shared, v, h), hsa(q, shared.expand_as(k), v, h))
+
+
+# ---------------------------------------------------------------- autograd
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+@pytest.mark.parametrize(
+    "tree",
+    [[[0, 1, 2], [3, [4, 5]], 6], [0, [[1]], [2, 3]], [[0, 1], [2, 3]]],
+    ids=["mixed", "single-child", "two-families"],
+)
+def test_gradcheck_float64(tree, energy):
+    h = Hierarchy.from_nested(tree)
+    n = h.num_leaves
+    q, k, v = (x.requires_grad_() for x in _qkv(11, n, d_k=3, d_v=2, batch=(2,)))
+    pos = torch.randn(h.num_nodes, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, p: hsa(q, k, v, h, energy=energy, positions=p), (q, k, v, pos)
+    )
+
+
+@given(hsa_cases(hierarchy=hierarchies(max_leaves=14)))
+def test_gradients_match_reference(case):
+    h = case.hierarchy
+    grads = []
+    for fn in (hsa, hsa_reference):
+        q, k, v = (x.clone().requires_grad_() for x in (case.q, case.k, case.v))
+        out = fn(q, k, v, h, **case.kwargs())
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        (out * weight).sum().backward()
+        grads.append((q.grad, k.grad, v.grad))
+    for fast, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_half_precision_backward_runs():
+    h = Hierarchy.balanced(12, 3)
+    q, k, v = (x.requires_grad_() for x in _qkv(3, 12, dtype=torch.bfloat16))
+    hsa(q, k, v, h).float().square().sum().backward()
+    assert all(
+        t.grad is not None and t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all()
+        for t in (q, k, v)
+    )
+
+
+# ---------------------------------------------------------------- work and memory
+@given(hierarchies(max_leaves=200, max_branching=40, max_depth=6, max_trees=4))
+def test_energy_count_is_exact(h):
+    layout = compile_hierarchy(h)
+    expected = h.num_leaves + sum(len(h.children(a)) * (len(h.children(a)) - 1) for a in h.families)
+    assert layout.num_energies == expected
+    # Independently, from what the buckets hold: every family exactly once, real slots only.
+    seen, counted = [], h.num_leaves
+    for bucket in layout.up:
+        real = torch.isfinite(bucket.log_size).sum(1)
+        counted += int((real * (real - 1)).sum())
+        seen += (bucket.family + h.num_leaves).tolist()
+        assert bucket.width <= 2 * max(1, int(real.min())), "padding more than doubles a family"
+    assert counted == expected
+    assert sorted(seen) == list(h.families)
+    assert layout.num_padded_energies >= layout.num_energies
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("shape", ["balanced", "one-family-per-leaf-pair", "mixed"])
+def test_never_forms_an_n_by_n_array(shape):
+    n = 512
+    h = {
+        "balanced": Hierarchy.balanced(n, 8),
+        "one-family-per-leaf-pair": Hierarchy.balanced(n, 2),
+        "mixed": Hierarchy.from_segments([[3, 5, 8] * 32, [4] * 24], root=True),
+    }[shape]
+    n = h.num_leaves
+    q, k, v = _qkv(0, n, d_k=2, d_v=2, dtype=torch.float32)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    with _LargestTensor() as probe:
+        hsa(q, k, v, h).sum().backward()
+    assert probe.largest < n * n / 16, probe.largest
+
+
+def test_layout_is_cached_per_hierarchy_and_device():
+    h = Hierarchy.balanced(20, 4)
+    assert compile_hierarchy(h) is compile_hierarchy(h)
+    assert compile_hierarchy(Hierarchy.balanced(20, 4)) is compile_hierarchy(h)
+
+
+def test_bad_input_is_rejected_like_the_reference():
+    h = Hierarchy.balanced(4, 2)
+    q = torch.ones(4, 2)
+    with pytest.raises(ValueError, match="hierarchy has 4 leaves"):
+        hsa(torch.ones(5, 2), q, q, h)
+    with pytest.raises(TypeError, match="one dtype"):
+        hsa(q, q.double(), q, h)
+    with pytest.raises(ValueError, match="energy"):
+        hsa(q, q, q, h, energy="l2")
+    with pytest.raises(TypeError, match="Hierarchy"):
+        hsa(q, q, q, [6, 6, -1])
+    with pytest.raises(TypeError, match="Hierarchy"):
+        compile_hierarchy("tree")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@given(data=st.data())
+def test_cuda_matches_reference(dtype, data):
+    case = data.draw(
+        hsa_cases(
+            hierarchy=hierarchies(max_leaves=40), dtype=dtype, score_magnitudes=(1e-2, 1.0, 5.0)
+        )
+    )
+    out = hsa(case.q.cuda(), case.k.cuda(), case.v.cuda(), case.hierarchy, **case.kwargs())
+    assert out.device.type == "cuda"
+    verdict = compare_to_reference(
+        out.cpu(), case.q, case.k, case.v, case.hierarchy, **case.kwargs()
+    )
+    assert verdict.passed, f"{verdict} for {case.describe()}"

@@ -1,0 +1,90 @@
+"""HierarchicalSelfAttention: shapes, agreement with hsa on projections, torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hsa_fast import HierarchicalSelfAttention, hsa
+from hsa_ref import Hierarchy
+
+H = Hierarchy.from_segments([[3, 2, 4, 3], [2, 2]])  # 12 tokens
+
+
+def _manual(layer: HierarchicalSelfAttention, x: torch.Tensor, h: Hierarchy) -> torch.Tensor:
+    b, n, e = x.shape
+    split = lambda t: t.view(b, n, layer.num_heads, -1).transpose(1, 2)  # noqa: E731
+    y = hsa(split(layer.q_proj(x)), split(layer.k_proj(x)), split(layer.v_proj(x)), h)
+    return layer.out_proj(y.transpose(1, 2).reshape(b, n, e))
+
+
+def test_batch_first_and_sequence_first_agree():
+    torch.manual_seed(0)
+    layer = HierarchicalSelfAttention(16, 4, batch_first=True)
+    x = torch.randn(3, 12, 16)
+    out, weights = layer(x, hierarchy=H)
+    assert weights is None
+    assert out.shape == (3, 12, 16)
+    torch.testing.assert_close(out, _manual(layer, x, H))
+    seq_first = HierarchicalSelfAttention(16, 4)
+    seq_first.load_state_dict(layer.state_dict())
+    out_t, _ = seq_first(x.transpose(0, 1), hierarchy=H)
+    torch.testing.assert_close(out_t.transpose(0, 1), out)
+    single, _ = layer(x[0], hierarchy=H)  # unbatched (L, E)
+    torch.testing.assert_close(single, out[0])
+
+
+def test_one_family_matches_multihead_attention():
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True, dtype=torch.float64)
+    layer = HierarchicalSelfAttention(8, 2, batch_first=True, dtype=torch.float64)
+    w = mha.in_proj_weight.detach().chunk(3)
+    bias = mha.in_proj_bias.detach().chunk(3)
+    with torch.no_grad():
+        for proj, wi, bi in zip((layer.q_proj, layer.k_proj, layer.v_proj), w, bias, strict=True):
+            proj.weight.copy_(wi)
+            proj.bias.copy_(bi)
+        layer.out_proj.load_state_dict(mha.out_proj.state_dict())
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    flat = Hierarchy.from_parents([7] * 7 + [-1], 7)
+    expected, _ = mha(x, x, x, need_weights=False)
+    torch.testing.assert_close(layer(x, hierarchy=flat)[0], expected)
+
+
+def test_gradients_reach_every_parameter():
+    layer = HierarchicalSelfAttention(8, 2, batch_first=True, energy="distance")
+    layer(torch.randn(2, 12, 8), hierarchy=H)[0].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"embed_dim": 10, "num_heads": 3}, "divisible"),
+        ({"embed_dim": 8, "num_heads": 2, "energy": "x"}, "energy"),
+    ],
+)
+def test_bad_configuration(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HierarchicalSelfAttention(**kwargs)
+
+
+def test_wrong_sequence_length():
+    layer = HierarchicalSelfAttention(8, 2, batch_first=True)
+    with pytest.raises(ValueError, match="12 leaves"):
+        layer(torch.randn(2, 11, 8), hierarchy=H)
+
+
+def test_works_under_torch_compile():
+    torch.manual_seed(2)
+    torch._dynamo.reset()
+    layer = HierarchicalSelfAttention(16, 2, batch_first=True)
+    x = torch.randn(2, 12, 16)
+    eager = layer(x, hierarchy=H)[0]
+    compiled = torch.compile(layer)
+    torch.testing.assert_close(compiled(x, hierarchy=H)[0], eager, rtol=1e-5, atol=1e-6)
+    x.requires_grad_()
+    compiled(x, hierarchy=H)[0].sum().backward()
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
