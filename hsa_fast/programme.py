@@ -75,8 +75,8 @@ def hsa_programme(
     out_dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     batch, n, d_k, d_v = q.shape[:-2], q.shape[-2], q.shape[-1], v.shape[-1]
     m = layout.num_families
-    q, k, v = (x.reshape(-1, n, x.shape[-1]).to(acc) for x in (q, k, v))  # (Z, N, d)
-    z = q.shape[0]
+    z = batch.numel()
+    q, k, v = (x.reshape(z, n, x.shape[-1]).to(acc) for x in (q, k, v))  # (Z, N, d)
 
     def family_buffer(*rest: int) -> torch.Tensor:
         return q.new_zeros(z, m + 1, *rest)

@@ -294,3 +294,12 @@ def test_cuda_matches_reference(dtype, data):
         out.cpu(), case.q, case.k, case.v, case.hierarchy, **case.kwargs()
     )
     assert verdict.passed, f"{verdict} for {case.describe()}"
+
+
+@pytest.mark.parametrize(("batch", "d_v"), [((0,), 3), ((2,), 0), ((0, 2), 0), ((), 1)])
+def test_empty_batches_and_values(batch, d_v):
+    h = Hierarchy.balanced(5, 2)
+    q, k, v = _qkv(0, 5, d_k=4, d_v=d_v, batch=batch)
+    out = hsa(q, k, v, h)
+    assert out.shape == (*batch, 5, d_v)
+    torch.testing.assert_close(out, hsa_reference(q, k, v, h))
