@@ -28,6 +28,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def proofs(session: nox.Session) -> None:
+    """Run the SymPy derivations and write their report (``-- --output PATH`` to move it)."""
+    _install(session, "test")
+    session.run("python", "-m", "proofs", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Lint and format-check with ruff."""
     session.install("ruff>=0.6")

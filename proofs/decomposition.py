@@ -14,7 +14,6 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-import mpmath
 import sympy as sp
 
 from .family import family_objective, family_symbols
@@ -88,7 +87,10 @@ def _induction_step(d: Derivation, b: int, recursion: Recursion) -> None:
     own = [sp.Symbol(f"F_{k}", real=True) for k in range(1, b + 1)]
     rest = [sp.Symbol(f"R_{k}", nonnegative=True) for k in range(1, b + 1)]
     energy = {
-        (k, l): sp.Symbol(f"e_{k}{l}", real=True) for k in range(b) for l in range(b) if k != l
+        (k, l): sp.Symbol(f"e_{k + 1}{l + 1}", real=True)
+        for k in range(b)
+        for l in range(b)
+        if k != l
     }
     delta = {
         (k, l): sp.Symbol(f"delta_{k + 1}{l + 1}", positive=True)
@@ -136,14 +138,21 @@ def _induction_step(d: Derivation, b: int, recursion: Recursion) -> None:
         + sp.Add(*(sizes[k] * (phi[k] + log_z[k]) for k in range(b)))
         + sp.Add(*(mu[k] * rest[k] for k in range(b)))
     )
+    kids = "1 child" if b == 1 else f"{b} children"
     d.zero(
-        f"**A3. Induction step, {b} children** (sizes n_k, own values F_k, remainders "
-        f"R_k >= 0 all symbolic). Assume each child's part is G_k = -n_k F_k + R_k. Adding A1 "
-        f"and A2 over the children of A gives the left side; it equals the split form with the "
-        f"claimed F(A) and L(B_k).",
+        f"**A3. Induction step, {kids}** B_1..B_{b} of A (sizes n_k, own values F_k, "
+        f"remainders R_k >= 0, energies e_kl and shares delta_kl all symbolic, "
+        f"mu_k = 1 - sum_l delta_kl). Assume G_k = -n_k F_k + R_k for each child. Adding A1 "
+        f"and A2 over the children gives G_A (first line); with the claimed L(B_k) and F(A) it "
+        f"equals the split form (last line), where phi_k is proof 2's objective.",
         objective - split,
         eq("G_A", objective),
         eq("F(A)", f_a),
+        eq(
+            r"\varphi_k",
+            r"\mu_k(\log\mu_k - F_k) + \sum_{l \ne k} \delta_{kl}"
+            r"(\log\delta_{kl} - \log n_l - e_{kl})",
+        ),
         eq(
             "G_A",
             r"-|A| F(A) + \sum_k n_k \big(\varphi_k(\mu_k, \delta_k) + L(B_k)\big)"
@@ -152,7 +161,7 @@ def _induction_step(d: Derivation, b: int, recursion: Recursion) -> None:
     )
 
 
-def _part_a(d: Derivation, recursion: Recursion) -> None:
+def _part_a(d: Derivation, recursion: Recursion, branchings: Sequence[int]) -> None:
     d.say(
         "**Part A: any tree, by induction on height.** Rows sum to one, so "
         "sum_i KL(theta_i || softmax(s_i)) = sum_i logsumexp_j s_ij + G(theta) with "
@@ -163,7 +172,7 @@ def _part_a(d: Derivation, recursion: Recursion) -> None:
     )
     _block_term(d, recursion)
     _diagonal_term(d)
-    for b in (1, 2, 3):
+    for b in branchings:
         _induction_step(d, b, recursion)
     own, sizes, energies = family_symbols(2)
     deltas = [sp.Symbol(f"delta_C{k}", positive=True) for k in (1, 2)]
@@ -323,10 +332,15 @@ def _objective_identity(
         total_kl(theta, scores) - (lse + g),
     )
     d.zero(
-        f"({label}) **The split.** G(theta) = -|R| F(R) + sum_A W(A) sum_B |B| "
-        f"(phi_B + L(B)), with W(A) the product of mu along A's path and F, L from the "
-        f"claimed recursion; an identity in all shares and all scores.",
+        f"({label}) **The split**, an identity in all shares and all scores: W(A) is the "
+        f"product of mu along A's path, phi_B is proof 2's objective with the block means of "
+        f"the scores, and F, L come from the claimed recursion.",
         g - split_objective(tree, model, mu, delta),
+        eq(
+            r"G(\theta)",
+            r"-|R|\,F(R) + \sum_{A} W(A) \sum_{B \in \mathrm{ch}(A)} |B|\,"
+            r"\big(\varphi_B(\mu_B, \delta_B) + L(B)\big)",
+        ),
         eq("F(R)", model.F[tree.root]),
     )
     kls = []
@@ -368,8 +382,7 @@ def _numeric_optimum(
         )
         - tree.size(tree.root) * model.F[tree.root]
     )
-    with mpmath.workdps(40):
-        gap = abs(sp.N((kl - claimed).subs(values), 40))
+    gap = abs(sp.N((kl - claimed).subs(values), 40))
     d.check(
         f"({label}) Numerical confirmation at random scores (40 digits): HSA's theta attains "
         f"sum_i logsumexp_j s_ij - |R| F(R) (gap {float(gap):.1e}).",
@@ -381,8 +394,13 @@ def prove_decomposition(
     recursion: Recursion = SPEC_RECURSION,
     trees: Sequence[Any] = DEFAULT_TREES,
     induction: bool = True,
+    branchings: Sequence[int] = (1, 2, 3),
 ) -> ProofResult:
-    """Prove the optimality theorem: the KL problem splits and its value is the recursion."""
+    """Prove the optimality theorem: the KL problem splits and its value is the recursion.
+
+    Part A (``induction``) checks the induction step for families of each size in
+    ``branchings``; part B expands the whole objective on each tree in ``trees``.
+    """
     d = Derivation(
         "decomposition",
         "3. Decomposition (Theorem 3.2)",
@@ -393,14 +411,20 @@ def prove_decomposition(
         r"$F(A) = \sum_B \frac{|B|}{|A|} L(B)$, attained only at HSA's $\theta$.",
     )
     if induction:
-        _part_a(d, recursion)
+        _part_a(d, recursion, branchings)
     for k, nested in enumerate(trees):
         tree = Tree.from_nested(nested)
         depth = max(len(tree.path(i)) - 1 for i in range(tree.num_leaves))
         label = f"{depth}-level tree {nested}"
+        names = ", ".join(
+            f"{a} = {'root' if a == tree.root else 'family'} over leaves {tree.leaves(a)}"
+            for a in sorted(tree.families)
+        )
         d.say(
-            f"**Part B: the {label}**, all {tree.num_leaves**2} scores symbolic, and every "
-            f"block-constant row-stochastic theta through free shares."
+            f"**Part B: the {label}**, all {tree.num_leaves**2} scores symbolic, every "
+            f"block-constant row-stochastic theta through free shares. Nodes: leaves "
+            f"0..{tree.num_leaves - 1}, {names}; delta_BC is the share child B sends to "
+            f"sibling C."
         )
         _parametrisation(d, tree, label)
         _objective_identity(d, tree, label, recursion, seed=k)

@@ -49,28 +49,30 @@ def family_objective(
 
 
 def _one(d: Derivation, m: int, recursion: Recursion) -> None:
+    """The steps for a child with ``m`` siblings (``m = 0``: a single child)."""
     own, sizes, energies = family_symbols(m)
     mu = sp.Symbol("mu", positive=True)
     deltas = [sp.Symbol(f"delta_C{k}", positive=True) for k in range(1, m + 1)]
     lam = sp.Symbol("lambda", real=True)
     phi = family_objective(mu, deltas, own, sizes, energies)
-    d.say(f"**{m} sibling(s).** The family objective:", eq(r"\varphi", phi))
+    tag = {0: "no sibling", 1: "1 sibling"}.get(m, f"{m} siblings")
+    d.say(f"**A child with {tag}.** The family objective:", eq(r"\varphi", phi))
     solution = solve_on_simplex(d, phi, [mu, *deltas], lam)
     log_z = recursion.log_partition(own, sizes, energies)
     mu_claim, delta_claim = recursion.shares(own, sizes, energies)
     d.zero(
-        f"The stationary point is the claimed share table ({m} sibling(s)).",
+        f"The stationary point is the claimed share table ({tag}).",
         [x - c for x, c in zip(solution, [mu_claim, *delta_claim], strict=True)],
         eq(r"\mu", solution[0]),
         *(eq(dl, x) for dl, x in zip(deltas, solution[1:], strict=True)),
     )
     d.zero(
-        f"The claimed shares sum to one ({m} sibling(s)).",
+        f"The claimed shares sum to one ({tag}).",
         mu_claim + sp.Add(*delta_claim) - 1,
     )
     at_min = phi.subs(dict(zip([mu, *deltas], solution, strict=True)))
     d.zero(
-        f"The optimal value is -L(B) ({m} sibling(s)).",
+        f"The optimal value is -L(B) ({tag}).",
         at_min + log_z,
         eq(r"\varphi^* = -L(B)", -log_z),
     )
@@ -79,7 +81,7 @@ def _one(d: Derivation, m: int, recursion: Recursion) -> None:
     d.check(
         f"The Hessian is diagonal with positive entries, so positive definite: phi is strictly "
         f"convex, the constraint is affine, and the stationary point is the unique minimiser "
-        f"({m} sibling(s)).",
+        f"({tag}).",
         hessian.is_diagonal() and all(x.is_positive for x in minors),
         eq(r"\nabla^2 \varphi", hessian),
     )
@@ -88,7 +90,7 @@ def _one(d: Derivation, m: int, recursion: Recursion) -> None:
     kl = sp.Add(*(pk * sp.log(pk / qk) for pk, qk in zip(p, q, strict=True)))
     d.zero(
         f"On the simplex, phi + L(B) is the KL divergence from the claimed shares, so "
-        f"phi >= -L(B) with equality only there ({m} sibling(s)).",
+        f"phi >= -L(B) with equality only there ({tag}).",
         (phi + log_z - kl).subs(mu, 1 - sp.Add(*deltas)),
         eq(
             r"\varphi(\mu, \delta) + L(B)",

@@ -34,20 +34,21 @@ def solve_on_simplex(
         if len(roots) != 1:
             raise ArithmeticError(f"stationarity in {p} has {len(roots)} solutions")
         solved.append(roots[0])
-    constraint = sp.simplify(sp.Add(*solved) - 1)
+    constraint = sp.factor_terms(sp.expand(sp.Add(*solved), power_exp=True)) - 1
     lam_roots = sp.solve(constraint, lam)
     if len(lam_roots) != 1:
         raise ArithmeticError(f"the constraint gives {len(lam_roots)} multipliers")
     d.say(
-        "Stationarity of the Lagrangian in each share gives each share in terms of the "
-        "multiplier; the simplex constraint fixes the multiplier:",
+        "Lagrangian; stationarity in each share gives the share in terms of the multiplier, "
+        "and the simplex constraint fixes the multiplier:",
         eq(r"\mathcal{L}", lagrangian),
         eq(lam, lam_roots[0]),
     )
-    return [sp.simplify(x.subs(lam, lam_roots[0])) for x in solved]
+    return [sp.expand(x.subs(lam, lam_roots[0]), power_exp=True) for x in solved]
 
 
-def _concrete(d: Derivation, n: int, g: Generator) -> None:
+def _concrete(d: Derivation, n: int, g: Generator, first: bool) -> None:
+    """The steps for ``n`` scores; after the first ``n`` the prose is kept short."""
     p = sp.symbols(f"p_1:{n + 1}", positive=True)
     s = sp.symbols(f"s_1:{n + 1}", real=True)
     lam = sp.Symbol("lambda", real=True)
@@ -66,7 +67,9 @@ def _concrete(d: Derivation, n: int, g: Generator) -> None:
     d.check(
         f"The Hessian is diagonal with entries 1/p_j: all leading minors are positive for "
         f"p > 0, so F is strictly convex on the simplex (an affine set) and the stationary "
-        f"point is its unique minimiser (n = {n}).",
+        f"point is its unique minimiser (n = {n})."
+        if first
+        else f"Hessian diagonal with positive leading minors: unique minimiser (n = {n}).",
         hessian.is_diagonal() and all(m.is_positive for m in minors),
         eq(r"\nabla^2 F", hessian),
     )
@@ -81,7 +84,9 @@ def _concrete(d: Derivation, n: int, g: Generator) -> None:
     on_simplex = {p[-1]: 1 - sp.Add(*p[:-1])}
     d.zero(
         f"On the simplex (p_n = 1 - the rest) the free energy is KL to the claimed minimiser "
-        f"minus logsumexp (n = {n}).",
+        f"minus logsumexp (n = {n})."
+        if first
+        else f"F(p) = KL(p || p*) - logsumexp(s) on the simplex (n = {n}).",
         (free_energy - (kl - sp.log(normaliser))).subs(on_simplex),
         eq("F(p)", r"\mathrm{KL}(p \,\|\, p^*) - " + sp.latex(lse)),
     )
@@ -146,7 +151,7 @@ def prove_softmax(g: Generator = sp.exp, sizes: Sequence[int] = (1, 2, 3, 4, 5))
         r" = \mathrm{softmax}(s)$, and on the simplex $F(p) = \mathrm{KL}(p \,\|\, "
         r"\mathrm{softmax}(s)) - \mathrm{logsumexp}(s)$. Concrete $n \le 5$, then general $n$.",
     )
-    for n in sizes:
-        _concrete(d, n, g)
+    for k, n in enumerate(sizes):
+        _concrete(d, n, g, first=k == 0)
     _general(d, g)
     return d.result()
