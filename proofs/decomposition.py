@@ -194,8 +194,11 @@ def _part_a(d: Derivation, recursion: Recursion, branchings: Sequence[int]) -> N
     d.say(
         "**A5.** With mu_k > 0 and R_k >= 0, R_A = sum_k n_k KL_k + sum_k mu_k R_k >= 0, zero "
         "exactly when A's shares are optimal and every R_k = 0. By induction on height, "
-        "G_root >= -|root| F(root) for every block-constant row-stochastic theta, with equality "
-        "only at HSA's theta; adding sum_i logsumexp_j s_ij gives the theorem for any tree."
+        "G_root >= -|root| F(root) for every block-constant row-stochastic theta with positive "
+        "entries, with equality only at HSA's theta; adding sum_i logsumexp_j s_ij gives the "
+        "theorem for any tree. Matrices with zero entries are limits of positive ones and the "
+        "objective is continuous (0 log 0 = 0), so the bound holds for them too, and strict "
+        "convexity of x log x keeps the minimiser unique."
     )
 
 
@@ -298,9 +301,10 @@ def _parametrisation(d: Derivation, tree: Tree, label: str) -> None:
         for (b, c) in delta
     }
     d.zero(
-        f"({label}) Conversely, every block-constant row-stochastic matrix (block values t_BC, "
-        f"diagonal fixed by the row sums) comes from the shares delta(B, C) = |C| t_BC / W(A), "
-        f"W(A) = 1 - (mass a row under A sends outside A): the map is a bijection.",
+        f"({label}) Conversely, every block-constant row-stochastic matrix with positive "
+        f"entries (block values t_BC, diagonal fixed by the row sums) comes from the shares "
+        f"delta(B, C) = |C| t_BC / W(A), W(A) = 1 - (mass a row under A sends outside A): "
+        f"the map from shares to theta is a bijection.",
         list((theta.subs(inverse) - target).applyfunc(_cancel)),
         eq(r"\theta", target),
     )
@@ -344,6 +348,7 @@ def _objective_identity(
         eq("F(R)", model.F[tree.root]),
     )
     kls = []
+    true_energy = TreeModel(tree, scores=scores).energies
     for a in tree.families:
         for b in tree.children(a):
             sibs = tree.siblings(b)
@@ -352,7 +357,7 @@ def _objective_identity(
                 [delta[(b, c)] for c in sibs],
                 model.F[b],
                 [sp.Integer(tree.size(c)) for c in sibs],
-                [TreeModel(tree, scores=scores).energies[(b, c)] for c in sibs],
+                [true_energy[(b, c)] for c in sibs],
             )
             p = [mu[b], *(delta[(b, c)] for c in sibs)]
             q = [model.mu[b], *(model.delta[(b, c)] for c in sibs)]

@@ -118,13 +118,13 @@ def _general(d: Derivation, g: Generator) -> None:
     )
     claimed = g(s[k]) / sp.Sum(g(s[i]), (i, 1, n))
     d.zero("The stationary point is the claimed minimiser (general n).", solution - claimed)
-    d.say(
-        "The Hessian is diagonal, with entry 1/p_k > 0 at (k, k): strict convexity, a unique "
-        "minimiser, for every n.",
-        eq(
-            sp.Derivative(free_energy, p[k], p[j]),
-            sp.KroneckerDelta(j, k) / p[k],
-        ),
+    l = sp.Symbol("l", integer=True, positive=True)
+    hessian = sp.refine(sp.diff(free_energy, p[k], p[l]).doit(), sp.Q.le(k, n) & sp.Q.le(l, n))
+    d.zero(
+        "The Hessian is diagonal with entry 1/p_k > 0 at (k, k): strict convexity and a "
+        "unique minimiser, for every n.",
+        hessian - sp.KroneckerDelta(k, l) / p[k],
+        eq(r"\frac{\partial^2 F}{\partial p_k \partial p_l}", hessian),
     )
     q = g(s[j]) / sp.Sum(g(s[i]), (i, 1, n))
     kl = sp.Sum(p[j] * (sp.log(p[j]) - sp.log(q)), (j, 1, n))

@@ -9,6 +9,7 @@ import pytest
 import sympy as sp
 import torch
 
+import hsa_fast
 import proofs
 from hsa_ref import (
     Hierarchy,
@@ -278,7 +279,7 @@ def test_derived_optimum_is_the_reference_objective(nested):
 
 
 @pytest.mark.parametrize("nested", TREES, ids=str)
-def test_derived_programme_is_the_reference_output(nested):
+def test_derived_programme_is_the_reference_and_fast_output(nested):
     tree = Tree.from_nested(nested)
     h = Hierarchy.from_nested(nested)
     q, k, scale = _scores(tree, 11)
@@ -296,6 +297,8 @@ def test_derived_programme_is_the_reference_output(nested):
     derived = sp.lambdify(args, y, "math")(*values)
     expected = hsa_reference(q, k, v, h, scale=scale)[:, 0].numpy()
     np.testing.assert_allclose(derived, expected, rtol=0, atol=1e-12)
+    fast = hsa_fast.hsa(q, k, v, h, scale=scale)[:, 0].numpy()
+    np.testing.assert_allclose(derived, fast, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
