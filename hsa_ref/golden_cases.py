@@ -1,0 +1,562 @@
+"""Golden cases: fixed HSA inputs with float64 reference outputs, for ports in any language.
+
+Each case is one ``hsa-case/1`` JSON file (SPEC section 7) in ``hsa_ref/golden/``, listed in
+``hsa_ref/golden/index.json``. Inputs are float64 numbers that are exactly representable in
+float32, so a float32 port reads exactly the inputs the reference saw. Every file stores
+
+- ``out``: the float64 reference output (``ref64``),
+- ``out_float32``: the reference evaluated in float32 (``ref_t`` for ``t = float32``),
+- ``tolerance``: the numbers of SPEC section 6's rule, so a port can apply it without Python.
+
+Regenerate the set with ``python -m hsa_ref.golden_cases --write`` and check that the stored files
+still match a fresh generation with ``python -m hsa_ref.golden_cases --check``. The format is
+described in ``docs/PORTING.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .hierarchy import Hierarchy
+from .reference import hsa_reference, score_matrix, tree_mask
+from .tolerance import ATOL_FACTOR, FLOAT32_RELATIVE, FLOAT32_RELATIVE_MAX_SCORE, agreement
+
+__all__ = [
+    "CASE_FORMAT",
+    "GOLDEN_DIR",
+    "INDEX_FORMAT",
+    "SET_VERSION",
+    "CaseSpec",
+    "GoldenCase",
+    "case_specs",
+    "drift",
+    "generate",
+    "load_cases",
+    "main",
+    "write_cases",
+]
+
+CASE_FORMAT = "hsa-case/1"
+INDEX_FORMAT = "hsa-golden-index/1"
+SET_VERSION = 1
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+HUGE_SCORE = 1e4
+
+
+# ---------------------------------------------------------------------------- case definitions
+@dataclass(frozen=True)
+class CaseSpec:
+    """How one golden case is made: its tree, sizes, options and the seed of its inputs.
+
+    ``scale=None`` means the default ``1/sqrt(d_k)`` (implementations are called with
+    ``scale=None``); ``max_score`` instead picks the scale so that the largest ``|s_ij|`` within
+    a tree equals it. ``inputs`` is ``"normal"``, ``"keys_are_queries"`` or ``"repeated_rows"``.
+    """
+
+    name: str
+    description: str
+    hierarchy: Hierarchy
+    d_k: int
+    d_v: int
+    seed: int
+    energy: str = "dot"
+    scale: float | None = None
+    max_score: float | None = None
+    positions_dim: int = 0
+    inputs: str = "normal"
+    value_scale: float = 1.0
+
+
+def _random_nested(rng: random.Random, n: int, max_b: int, depth_left: int) -> Any:
+    """A random nested-list tree over ``n`` placeholder leaves with some single-child families."""
+    if n == 1:
+        node: Any = None
+        for _ in range(rng.choice([0, 0, 0, 1, 2]) if depth_left > 0 else 0):
+            node = [node]
+            depth_left -= 1
+        return node
+    if depth_left <= 1:
+        return [None] * n
+    if rng.random() < 0.1:
+        return [_random_nested(rng, n, max_b, depth_left - 1)]
+    b = rng.randint(2, min(n, max_b))
+    cuts = sorted(rng.sample(range(1, n), b - 1))
+    sizes = [hi - lo for lo, hi in zip([0, *cuts], [*cuts, n], strict=True)]
+    return [_random_nested(rng, size, max_b, depth_left - 1) for size in sizes]
+
+
+def _number(nested: Any, counter: list[int]) -> Any:
+    if nested is None:
+        counter[0] += 1
+        return counter[0] - 1
+    return [_number(child, counter) for child in nested]
+
+
+def _shuffled(h: Hierarchy, seed: int) -> Hierarchy:
+    """``h`` with leaf rows and family ids permuted (trees of a forest interleave)."""
+    rng = random.Random(seed)
+    leaves = list(range(h.num_leaves))
+    families = list(h.families)
+    rng.shuffle(leaves)
+    rng.shuffle(families)
+    return h.relabel(leaves, families)
+
+
+def random_tree(seed: int, num_leaves: int, max_branching: int, max_depth: int) -> Hierarchy:
+    """A deterministic random tree (the same on every machine: Python's ``random``)."""
+    rng = random.Random(seed)
+    nested = _random_nested(rng, num_leaves, max_branching, max_depth)
+    return Hierarchy.from_nested(_number(nested, [0]) if nested is not None else 0)
+
+
+def _caterpillar(depth: int) -> Hierarchy:
+    nested: Any = [0, 1]
+    for leaf in range(2, depth + 1):
+        nested = [nested, leaf]
+    return Hierarchy.from_nested(nested)
+
+
+def case_specs() -> list[CaseSpec]:
+    """The golden set: every shape and option that an implementation can get wrong."""
+    one_family = lambda n: Hierarchy.from_parents([n] * n + [-1], n)  # noqa: E731
+    unbalanced = Hierarchy.from_nested(
+        [0, [1, 2, [3, 4, 5, [6]]], [[7, 8], 9], [[[10]]], [11, 12, 13, 14, 15, 16]]
+    )
+    single_children = Hierarchy.from_nested([[[[0, 1]]], [[2]], [3, [[4, 5]]], [[[6, 7, 8]]]])
+    big_and_small = Hierarchy.from_nested([0, list(range(1, 21)), [21, [22, 23]]])
+    large_b_deep = Hierarchy.from_nested(
+        [list(range(40)), [[40, 41], [42, [43, 44, 45]]], [[[46]]], 47]
+    )
+    interleaved = _shuffled(
+        Hierarchy.forest(
+            [
+                Hierarchy.balanced(4, 2),
+                Hierarchy.from_nested([[0, 1], 2, [3, [4]]]),
+                Hierarchy.from_parents([-1], 1),
+                Hierarchy.from_nested([[[0]]]),
+                Hierarchy.balanced(6, 3),
+            ]
+        ),
+        7,
+    )
+    chains_forest = _shuffled(
+        Hierarchy.forest([_caterpillar(5), Hierarchy.from_nested([[[[0]]]]), unbalanced]), 11
+    )
+    singletons = Hierarchy.from_parents([-1] * 5, 5)
+    mixed = _shuffled(random_tree(3, 30, 5, 5), 3)
+    big = _shuffled(random_tree(5, 200, 9, 6), 5)
+    return [
+        CaseSpec("one_leaf", "a one-leaf tree (the root is a leaf): returns v", Hierarchy.from_parents([-1], 1), 3, 2, 1),  # noqa: E501
+        CaseSpec("one_leaf_under_chain", "one leaf under three single-child families: returns v", Hierarchy.from_nested([[[0]]]), 4, 3, 2),  # noqa: E501
+        CaseSpec("pair", "the smallest family: two leaves", one_family(2), 4, 4, 3),
+        CaseSpec("one_family", "one family over 7 leaves: softmax attention", one_family(7), 4, 5, 4),  # noqa: E501
+        CaseSpec("one_family_large_b", "one family with b = 96: softmax attention", one_family(96), 4, 3, 5, scale=0.75),  # noqa: E501
+        CaseSpec("balanced_binary", "balanced binary tree, N = 32, depth 5", Hierarchy.balanced(32, 2), 6, 4, 6),  # noqa: E501
+        CaseSpec("balanced_ternary", "balanced ternary tree, N = 27", Hierarchy.balanced(27, 3), 4, 4, 7),  # noqa: E501
+        CaseSpec("balanced_b8", "balanced tree of b = 8 over 64 leaves", Hierarchy.balanced(64, 8), 8, 4, 8),  # noqa: E501
+        CaseSpec("uneven_segments", "tokens / sentences / paragraphs of uneven lengths", Hierarchy.from_segments([[3, 5, 2, 4, 1, 3, 6], [2, 3, 2]]), 5, 3, 9),  # noqa: E501
+        CaseSpec("deep_chain", "caterpillar of depth 12: each family a subtree and one leaf", _caterpillar(12), 4, 3, 10),  # noqa: E501
+        CaseSpec("single_child_families", "chains of single-child families at several depths", single_children, 4, 3, 11),  # noqa: E501
+        CaseSpec("unbalanced", "unbalanced, mixed-depth tree with leaves beside families", unbalanced, 4, 4, 12),  # noqa: E501
+        CaseSpec("leaf_beside_big_family", "children of sizes 1, 20 and 3: the |B|/|A| weights", big_and_small, 4, 3, 13),  # noqa: E501
+        CaseSpec("large_b_in_deep_tree", "a family of 40 leaves beside small deep subtrees", large_b_deep, 4, 3, 14),  # noqa: E501
+        CaseSpec("random_mixed", "random tree, N = 30, b <= 5, shuffled ids", mixed, 4, 4, 15),
+        CaseSpec("random_large", "random tree, N = 200, b <= 9, depth <= 6, shuffled ids", big, 4, 2, 16),  # noqa: E501
+        CaseSpec("forest_interleaved", "forest of 5 trees (two one-leaf) with interleaved rows", interleaved, 4, 3, 17),  # noqa: E501
+        CaseSpec("forest_of_one_leaf_trees", "5 one-leaf trees and no family: returns v", singletons, 3, 3, 18),  # noqa: E501
+        CaseSpec("forest_with_chains", "forest of a caterpillar, a chained leaf, an unbalanced tree", chains_forest, 4, 3, 19),  # noqa: E501
+        CaseSpec("dv_not_dk", "d_k = 3, d_v = 9", unbalanced, 3, 9, 20, value_scale=3.0),
+        CaseSpec("dk_one", "d_k = 1, d_v = 5", Hierarchy.balanced(9, 3), 1, 5, 21),
+        CaseSpec("custom_scale", "explicit scale 0.8125", unbalanced, 6, 3, 22, scale=0.8125),
+        CaseSpec("negative_scale", "explicit negative scale -1.5", Hierarchy.balanced(12, 3), 4, 3, 23, scale=-1.5),  # noqa: E501
+        CaseSpec("tiny_scores", "scale 1e-6: close to uniform averaging", unbalanced, 4, 3, 24, scale=1e-6),  # noqa: E501
+        CaseSpec("huge_scores", "max |s| = 1e4 on an unbalanced tree: no overflow", unbalanced, 4, 3, 25, max_score=HUGE_SCORE),  # noqa: E501
+        CaseSpec("huge_scores_one_family", "max |s| = 1e4 on one family", one_family(10), 4, 3, 26, max_score=HUGE_SCORE),  # noqa: E501
+        CaseSpec("huge_scores_forest", "max |s| = 1e4 on an interleaved forest", interleaved, 4, 3, 27, max_score=HUGE_SCORE),  # noqa: E501
+        CaseSpec("distance_one_family", "distance energy, one family", one_family(8), 4, 3, 28, energy="distance"),  # noqa: E501
+        CaseSpec("distance_mixed", "distance energy, random mixed-depth tree", mixed, 5, 3, 29, energy="distance"),  # noqa: E501
+        CaseSpec("distance_forest", "distance energy, forest with chains, scale 0.3", chains_forest, 4, 4, 30, energy="distance", scale=0.3),  # noqa: E501
+        CaseSpec("distance_huge_scores", "distance energy, max |s| = 1e4", unbalanced, 4, 3, 31, energy="distance", max_score=HUGE_SCORE),  # noqa: E501
+        CaseSpec("ties_keys_are_queries", "k = q: equal scores on the diagonal", unbalanced, 4, 3, 32, inputs="keys_are_queries"),  # noqa: E501
+        CaseSpec("ties_repeated_rows", "every query row equal", Hierarchy.balanced(16, 4), 4, 3, 33, inputs="repeated_rows"),  # noqa: E501
+        CaseSpec("positions", "positional vectors (d_p = 3) on a mixed-depth tree", unbalanced, 4, 3, 34, positions_dim=3),  # noqa: E501
+        CaseSpec("positions_forest_distance", "positions on an interleaved forest, distance energy", interleaved, 4, 3, 35, energy="distance", positions_dim=2),  # noqa: E501
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the cases
+@dataclass(frozen=True)
+class GoldenCase:
+    """One ``hsa-case/1`` case: inputs, reference outputs and tolerance numbers.
+
+    Tensors are float64 and 2-D (``(N, d)``); ``positions`` is ``(N + M, d_p)`` or ``None``.
+    ``scale`` is the value used; ``scale_is_default`` says implementations are called with
+    ``scale=None``.
+    """
+
+    name: str
+    description: str
+    hierarchy: Hierarchy
+    energy: str
+    scale: float
+    scale_is_default: bool
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    positions: torch.Tensor | None
+    out: torch.Tensor
+    out_float32: torch.Tensor
+    tolerance: dict[str, Any]
+
+    def inputs(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
+        """``q, k, v`` in ``dtype`` (exact for float32: the stored inputs are float32 values)."""
+        return self.q.to(dtype), self.k.to(dtype), self.v.to(dtype)
+
+    def call_kwargs(self, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+        """Keyword arguments of SPEC section 8: ``scale``, ``energy`` and maybe ``positions``."""
+        kw: dict[str, Any] = {
+            "scale": None if self.scale_is_default else self.scale,
+            "energy": self.energy,
+        }
+        if self.positions is not None:
+            kw["positions"] = self.positions.to(dtype)
+        return kw
+
+    def reference_t(self, dtype: torch.dtype) -> torch.Tensor:
+        """``ref_t`` of SPEC section 6: the stored reference evaluated in ``dtype``."""
+        return self.out if dtype == torch.float64 else self.out_float32
+
+    def to_dict(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "format": CASE_FORMAT,
+            "name": self.name,
+            "description": self.description,
+            "tree": self.hierarchy.to_dict(),
+            "energy": self.energy,
+            "scale": self.scale,
+            "scale_is_default": self.scale_is_default,
+            "q": self.q.tolist(),
+            "k": self.k.tolist(),
+            "v": self.v.tolist(),
+        }
+        if self.positions is not None:
+            obj["positions"] = self.positions.tolist()
+        obj["out"] = self.out.tolist()
+        obj["out_float32"] = self.out_float32.tolist()
+        obj["tolerance"] = self.tolerance
+        return obj
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> GoldenCase:
+        """Parse an ``hsa-case/1`` object; ``ValueError`` naming what is missing or malformed."""
+        if not isinstance(obj, dict) or obj.get("format") != CASE_FORMAT:
+            raise ValueError(f"not an {CASE_FORMAT} object")
+        required = {"name", "tree", "energy", "scale", "q", "k", "v", "out", "tolerance"}
+        missing = required - obj.keys()
+        if missing:
+            raise ValueError(f"{CASE_FORMAT} object lacks {sorted(missing)}")
+        h = Hierarchy.from_dict(obj["tree"])
+
+        def matrix(key: str, rows: int | None) -> torch.Tensor:
+            t = torch.tensor(obj[key], dtype=torch.float64)
+            if t.dim() != 2 or (rows is not None and t.shape[0] != rows):
+                raise ValueError(f"case {obj['name']!r}: {key!r} must be a {rows} x d matrix")
+            return t
+
+        n = h.num_leaves
+        out = matrix("out", n)
+        pos = obj.get("positions")
+        return cls(
+            name=obj["name"],
+            description=obj.get("description", ""),
+            hierarchy=h,
+            energy=obj["energy"],
+            scale=float(obj["scale"]),
+            scale_is_default=bool(obj.get("scale_is_default", False)),
+            q=matrix("q", n),
+            k=matrix("k", n),
+            v=matrix("v", n),
+            positions=None if pos is None else matrix("positions", h.num_nodes),
+            out=out,
+            out_float32=matrix("out_float32", n) if "out_float32" in obj else out,
+            tolerance=obj["tolerance"],
+        )
+
+
+def _float32_exact(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.astype(np.float32).astype(np.float64))
+
+
+def _score_max(case_q, case_k, h, scale, energy, positions) -> float:
+    """Largest ``|s_ij|`` within a tree (plus ``max |<p_x, p_y>|``), as ``hsa_ref.tolerance``."""
+    s = score_matrix(case_q, case_k, scale=scale, energy=energy)
+    score_max = s.abs().masked_fill(~tree_mask(h), 0).max().item()
+    if positions is not None:
+        score_max += (positions @ positions.T).abs().max().item()
+    return score_max
+
+
+def tolerance_record(
+    out: torch.Tensor,
+    out_float32: torch.Tensor,
+    *,
+    score_max: float,
+    value_max: float,
+) -> dict[str, Any]:
+    """The ``tolerance`` object of a case: SPEC section 6's numbers for float64 and float32."""
+    record: dict[str, Any] = {
+        "rule": (
+            "an output y in dtype t passes when max|y - out| <= 2 * ref_error[t] + "
+            "atol_factor * eps[t] * (1 + score_max) * value_max (= max_abs_error[t]), when "
+            "||y - out|| / ||out|| <= relative_limit[t] unless that is null (Frobenius norms), "
+            "and when y has no NaN or inf"
+        ),
+        "score_max": score_max,
+        "value_max": value_max,
+        "atol_factor": ATOL_FACTOR,
+        "float32_relative": FLOAT32_RELATIVE,
+        "float32_relative_max_score": FLOAT32_RELATIVE_MAX_SCORE,
+        "eps": {},
+        "ref_error": {},
+        "atol": {},
+        "max_abs_error": {},
+        "relative_limit": {},
+    }
+    for label, dtype in DTYPES.items():
+        ref_t = out if dtype == torch.float64 else out_float32
+        rule = agreement(out, out, ref_t, dtype=dtype, score_max=score_max, value_max=value_max)
+        record["eps"][label] = torch.finfo(dtype).eps
+        record["ref_error"][label] = rule.reference_error
+        record["atol"][label] = rule.atol
+        record["max_abs_error"][label] = rule.tolerance
+        record["relative_limit"][label] = rule.relative_limit
+    return record
+
+
+def build_case(spec: CaseSpec) -> GoldenCase:
+    """Draw the inputs of ``spec`` and evaluate the reference in float64 and float32."""
+    h = spec.hierarchy
+    rng = np.random.RandomState(spec.seed)  # a frozen stream: the same inputs everywhere
+    n = h.num_leaves
+    q = _float32_exact(rng.standard_normal((n, spec.d_k)))
+    k = _float32_exact(rng.standard_normal((n, spec.d_k)))
+    v = _float32_exact(spec.value_scale * rng.standard_normal((n, spec.d_v)))
+    if spec.inputs == "keys_are_queries":
+        k = q.clone()
+    elif spec.inputs == "repeated_rows":
+        q[1:] = q[0]
+    elif spec.inputs != "normal":
+        raise ValueError(f"unknown inputs kind {spec.inputs!r}")
+    pos = (
+        _float32_exact(0.5 * rng.standard_normal((h.num_nodes, spec.positions_dim)))
+        if spec.positions_dim
+        else None
+    )
+    scale = spec.scale
+    if spec.max_score is not None:
+        # Four significant digits keep the scale identical on every machine.
+        unit = _score_max(q, k, h, 1.0, spec.energy, None)
+        scale = float(f"{spec.max_score / unit:.4g}")
+    scale_value = 1.0 / math.sqrt(spec.d_k) if scale is None else float(scale)
+    kw = {"scale": scale, "energy": spec.energy, "positions": pos}
+    out = hsa_reference(q, k, v, h, **kw)
+    kw32 = {**kw, "positions": pos.float() if pos is not None else None}
+    out32 = hsa_reference(q.float(), k.float(), v.float(), h, **kw32, dtype=torch.float32).double()
+    score_max = _score_max(q, k, h, scale_value, spec.energy, pos)
+    value_max = v.abs().max().item()
+    return GoldenCase(
+        name=spec.name,
+        description=spec.description,
+        hierarchy=h,
+        energy=spec.energy,
+        scale=scale_value,
+        scale_is_default=scale is None,
+        q=q,
+        k=k,
+        v=v,
+        positions=pos,
+        out=out,
+        out_float32=out32,
+        tolerance=tolerance_record(out, out32, score_max=score_max, value_max=value_max),
+    )
+
+
+def generate(names: Sequence[str] | None = None) -> list[GoldenCase]:
+    """Fresh golden cases (all of :func:`case_specs`, or those named)."""
+    specs = case_specs()
+    if names is not None:
+        known = {s.name for s in specs}
+        unknown = set(names) - known
+        if unknown:
+            raise ValueError(f"unknown golden cases {sorted(unknown)}")
+        specs = [s for s in specs if s.name in set(names)]
+    return [build_case(s) for s in specs]
+
+
+# ---------------------------------------------------------------------------- files
+def _dump(obj: dict[str, Any]) -> str:
+    """JSON with one matrix row per line; floats are written with ``repr`` (round-trip)."""
+    lines = []
+    for key, value in obj.items():
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            rows = ",\n".join("    " + json.dumps(row, allow_nan=False) for row in value)
+            text = "[\n" + rows + "\n  ]"
+        elif isinstance(value, dict) and key == "tolerance":
+            text = json.dumps(value, indent=2, allow_nan=False).replace("\n", "\n  ")
+        else:
+            text = json.dumps(value, allow_nan=False)
+        lines.append(f"  {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def write_cases(cases: Sequence[GoldenCase], directory: Path | str = GOLDEN_DIR) -> list[Path]:
+    """Write ``<name>.json`` per case and ``index.json``; stale case files are removed."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    index_path = directory / "index.json"
+    if index_path.exists():
+        for old in json.loads(index_path.read_text())["cases"]:
+            if old not in {c.name for c in cases}:
+                (directory / f"{old}.json").unlink(missing_ok=True)
+    paths = []
+    for case in cases:
+        path = directory / f"{case.name}.json"
+        path.write_text(_dump(case.to_dict()))
+        paths.append(path)
+    index = {
+        "format": INDEX_FORMAT,
+        "set_version": SET_VERSION,
+        "generator": "python -m hsa_ref.golden_cases --write",
+        "cases": [c.name for c in cases],
+    }
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return paths
+
+
+def load_index(directory: Path | str = GOLDEN_DIR) -> dict[str, Any]:
+    """The parsed ``index.json`` of a golden directory (``ValueError`` if absent or malformed)."""
+    path = Path(directory) / "index.json"
+    if not path.is_file():
+        raise ValueError(f"no golden index at {path}")
+    index = json.loads(path.read_text())
+    if index.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path} has format {index.get('format')!r}; expected {INDEX_FORMAT!r}")
+    return index
+
+
+def load_cases(
+    directory: Path | str = GOLDEN_DIR, names: Sequence[str] | None = None
+) -> list[GoldenCase]:
+    """The golden cases stored in ``directory``, in index order (or just those named)."""
+    directory = Path(directory)
+    wanted = load_index(directory)["cases"] if names is None else list(names)
+    cases = []
+    for name in wanted:
+        path = directory / f"{name}.json"
+        if not path.is_file():
+            raise ValueError(f"golden case file {path} is missing")
+        cases.append(GoldenCase.from_dict(json.loads(path.read_text())))
+    return cases
+
+
+# ---------------------------------------------------------------------------- drift
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item() if a.numel() else 0.0
+
+
+def drift(stored: GoldenCase, fresh: GoldenCase) -> list[str]:
+    """Differences between a stored case and a fresh generation; empty when they agree.
+
+    Structure, options and inputs must be identical. Outputs may differ by rounding between
+    machines: ``out`` within the case's float64 tolerance, ``out_float32`` within its float32
+    tolerance; ``score_max`` and ``value_max`` to 1e-12 relative, the float32 reference error
+    within the float32 ``atol``.
+    """
+    problems = []
+    for field in ("name", "description", "hierarchy", "energy", "scale", "scale_is_default"):
+        if getattr(stored, field) != getattr(fresh, field):
+            problems.append(f"{field}: stored {getattr(stored, field)!r} != fresh")
+    for field in ("q", "k", "v", "positions"):
+        a, b = getattr(stored, field), getattr(fresh, field)
+        if (a is None) != (b is None) or (
+            a is not None and (a.shape != b.shape or not torch.equal(a, b))
+        ):
+            problems.append(f"{field}: stored inputs differ from a fresh generation")
+    if problems:
+        return problems
+    tol, new = stored.tolerance, fresh.tolerance
+    for key in ("score_max", "value_max"):
+        if not math.isclose(tol[key], new[key], rel_tol=1e-12, abs_tol=1e-300):
+            problems.append(f"tolerance.{key}: stored {tol[key]!r}, fresh {new[key]!r}")
+    checks = (
+        ("out", stored.out, fresh.out, tol["max_abs_error"]["float64"]),
+        ("out_float32", stored.out_float32, fresh.out_float32, tol["max_abs_error"]["float32"]),
+    )
+    for field, a, b, limit in checks:
+        if a.shape != b.shape:
+            problems.append(f"{field}: shape {tuple(a.shape)} != fresh {tuple(b.shape)}")
+        elif not _max_abs(a, b) <= limit:
+            problems.append(f"{field}: max |stored - fresh| = {_max_abs(a, b):.3g} > {limit:.3g}")
+    err_a, err_b = tol["ref_error"]["float32"], new["ref_error"]["float32"]
+    if not abs(err_a - err_b) <= new["atol"]["float32"]:
+        problems.append(f"tolerance.ref_error.float32: stored {err_a:.3g}, fresh {err_b:.3g}")
+    for dtype in DTYPES:
+        expected = 2.0 * tol["ref_error"][dtype] + tol["atol"][dtype]
+        if tol["max_abs_error"][dtype] != expected:
+            problems.append(f"tolerance.max_abs_error.{dtype} != 2 * ref_error + atol")
+    return problems
+
+
+# ---------------------------------------------------------------------------- command line
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--write [DIR]`` regenerates, ``--check [DIR]`` compares, ``--path`` prints the folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hsa_ref.golden_cases",
+        description="Regenerate or check the golden hsa-case/1 files.",
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", nargs="?", const=str(GOLDEN_DIR), metavar="DIR")
+    group.add_argument("--check", nargs="?", const=str(GOLDEN_DIR), metavar="DIR")
+    group.add_argument("--path", action="store_true", help="print the golden folder")
+    args = parser.parse_args(argv)
+    if args.path:
+        print(GOLDEN_DIR)
+        return 0
+    fresh = generate()
+    if args.write:
+        paths = write_cases(fresh, args.write)
+        size = sum(p.stat().st_size for p in paths)
+        print(f"wrote {len(paths)} cases ({size / 1e6:.2f} MB) to {args.write}")
+        return 0
+    try:
+        stored = {c.name: c for c in load_cases(args.check)}
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = 0
+    for case in fresh:
+        problems = ["missing"] if case.name not in stored else drift(stored[case.name], case)
+        for problem in problems:
+            print(f"DRIFT {case.name}: {problem}")
+        failures += bool(problems)
+    extra = sorted(stored.keys() - {c.name for c in fresh})
+    for name in extra:
+        print(f"DRIFT {name}: stored but no longer generated")
+    print(f"{len(fresh) - failures} of {len(fresh)} golden cases match a fresh generation")
+    return 1 if failures or extra else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
