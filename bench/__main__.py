@@ -4,6 +4,7 @@
     python -m bench --quick              # CI profile (about a minute)
     python -m bench --full               # N up to 1,048,576 (long on CPU)
     python -m bench --device cuda --full # on a CUDA machine
+    python -m bench --threads 0          # torch's default thread count (default here: 1)
     python -m bench --no-plots -- -k "N-hsa_fast"   # pytest arguments after --
 
 Results go to ``<out>/<device>/benchmark.json`` (pytest-benchmark JSON with machine, torch version
@@ -23,7 +24,9 @@ from .cases import DEVICES
 DEFAULT_OUT = Path("results") / "bench"
 
 
-def pytest_command(profile: str, device: str, out: Path, extra: list[str]) -> list[str]:
+def pytest_command(
+    profile: str, device: str, out: Path, extra: list[str], threads: int = 1
+) -> list[str]:
     """The pytest command line that runs one profile on one device."""
     json_path = out / device / "benchmark.json"
     return [
@@ -37,6 +40,7 @@ def pytest_command(profile: str, device: str, out: Path, extra: list[str]) -> li
         "no:cacheprovider",
         f"--profile={profile}",
         f"--device={device}",
+        f"--threads={threads}",
         "--benchmark-enable",
         f"--benchmark-json={json_path}",
         "--benchmark-columns=min,median,rounds",
@@ -58,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="the CI profile")
     size.add_argument("--full", action="store_true", help="the big sweep (N to 1,048,576)")
     parser.add_argument("--device", choices=(*DEVICES, "all"), default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads on CPU (default 1: many small ops stall when cores are shared; "
+        "0: torch's default, for a machine of one's own)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--no-plots", action="store_true", help="only run the sweeps")
     args = parser.parse_args(argv)
@@ -73,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / device).mkdir(parents=True, exist_ok=True)
         print(f"== sweeps: profile {profile}, device {device} ==", flush=True)
         start = time.perf_counter()
-        rc = subprocess.call(pytest_command(profile, device, args.out, extra))
+        rc = subprocess.call(pytest_command(profile, device, args.out, extra, args.threads))
         print(f"== {device}: {time.perf_counter() - start:.0f} s, pytest exit {rc} ==", flush=True)
         status = status or rc
     if not args.no_plots:

@@ -243,6 +243,17 @@ def _theory_line(ax: Any, records: list[Record], sweep: str) -> None:
     c = math.exp(float(np.mean(np.log(ys) - np.log(work))))
     label = "theory ∝ M·b²·d" if sweep == "d" else "theory ∝ M·b²"
     ax.plot(xs, c * work, color="0.45", linestyle=":", linewidth=2, label=label + " (scaled)")
+    if sweep == "M":  # at fixed N the N leaf terms matter: draw the exact count too
+        exact = np.array([r.energies for r in records], dtype=float)
+        c = math.exp(float(np.mean(np.log(ys) - np.log(exact))))
+        ax.plot(
+            xs,
+            c * exact,
+            color="0.3",
+            linestyle=(0, (5, 2, 1, 2)),
+            linewidth=1.4,
+            label="∝ N + Σ b_f(b_f−1) energies (scaled)",
+        )
 
 
 def _dense_baseline(ax: Any, run: Run, programme: list[Record]) -> None:
@@ -388,10 +399,10 @@ def plot_collapse(run: Run, out: Path) -> dict[str, PowerLawFit | None]:
         )
     title = (
         "Runtime against work (SPEC §5): every sweep on one line\n"
-        f"{run.device}; model flops 2·heads·(d_k+d_v)·(N + Σ b_f(b_f-1) + N + M), dense 2·heads·"
-        "(d_k+d_v)·N²"
+        f"{run.device}; E = N + Σ_f b_f(b_f−1) energies per head (dense attention: E = N²)"
     )
-    _finish(ax, fig, title, "work (model floating-point operations)", run, out, "collapse")
+    xlabel = "work: model flops 2·heads·(d_k+d_v)·(E + N + M)   (dense: 2·heads·(d_k+d_v)·N²)"
+    _finish(ax, fig, title, xlabel, run, out, "collapse")
     plt.close(fig)
     return fits
 

@@ -1,7 +1,8 @@
 """Pytest plugin for the sweeps (``pytest -p bench.plugin bench/bench_sweeps.py``).
 
-Adds ``--profile`` and ``--device`` and records, in the pytest-benchmark JSON, what a reader needs
-to compare runs: torch, numpy and Python versions, the accelerator, thread count, profile and date.
+Adds ``--profile``, ``--device`` and ``--threads`` and records, in the pytest-benchmark JSON, what
+a reader needs to compare runs: torch, numpy and Python versions, the accelerator, thread count,
+profile and date.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="sizes of the sweeps: quick (CI), default, full (N up to 1,048,576)",
     )
     group.addoption("--device", default="cpu", choices=DEVICES, help="torch device to time on")
+    group.addoption(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: stable on shared machines; 0: torch's default)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = config.getoption("--threads", 0)
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
 
 
 def pytest_benchmark_update_machine_info(
