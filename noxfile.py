@@ -62,3 +62,11 @@ def plots(session: nox.Session) -> None:
     """Plots, fitted exponents and work-count checks from results/bench/<device>/benchmark.json."""
     session.install("numpy>=1.26", "matplotlib>=3.8")
     session.run("python", "-m", "bench.plots", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def zeroshot(session: nox.Session) -> None:
+    """Zero-shot HSA in the pre-trained all-MiniLM-L6-v2: table and plot in results/zero_shot/."""
+    _install(session, "zeroshot")
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    session.run("python", "-m", "bench.zero_shot", *session.posargs, env=env)

