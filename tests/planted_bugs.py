@@ -1,0 +1,153 @@
+"""Deliberately wrong HSA implementations that the conformance harness must reject.
+
+:func:`planted_hsa` is a complete HSA implementation (SPEC sections 2-5: up pass for ``F``, down
+pass for the shares) with the signature of SPEC section 8. With ``bug=None`` it is correct; each
+name in :data:`BUGS` switches on exactly one mistake. The module-level functions of the same
+names are those implementations, ready for ``--impl planted_bugs:<name>``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from hsa_ref import Hierarchy
+from hsa_ref.reference import score_matrix
+from hsa_ref.validation import check_attention_inputs
+
+BUGS: dict[str, str] = {
+    "leaf_self_term_dropped": "F(i) = 0 instead of s_ii",
+    "log_count_ignored": "the log|C| weights are left out of the logits",
+    "log_mean_exp_energy": "block energies are log-mean-exp of the scores instead of the mean",
+    "row_softmax": "each leaf gets its own shares from its row of block energies",
+    "uniform_child_weights": "F(A) weights the children by 1/b instead of |B|/|A|",
+    "no_max_subtraction": "logsumexp without subtracting the maximum (overflows)",
+    "forest_leak": "the trees of a forest are joined under one root",
+    "wrong_default_scale": "scale=None means 1/d_k instead of 1/sqrt(d_k)",
+    "relative_error": "the output is off by a relative 1e-4",
+    "distance_norms_dropped": "the distance energy forgets the squared norms (acts as dot)",
+    "positions_ignored": "positional vectors are ignored",
+}
+
+
+def _logsumexp(x: torch.Tensor, bug: str | None) -> torch.Tensor:
+    if bug == "no_max_subtraction":
+        return torch.log(torch.exp(x).sum(-1))
+    return torch.logsumexp(x, dim=-1)
+
+
+def _joined(h: Hierarchy) -> Hierarchy:
+    """All roots of ``h`` under one new family."""
+    parent = h.parent
+    top = len(parent)
+    parent = [top if p < 0 else p for p in parent] + [-1]
+    return Hierarchy.from_parents(parent, h.num_leaves)
+
+
+def planted_hsa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    hierarchy: Hierarchy,
+    *,
+    scale: float | None = None,
+    energy: str = "dot",
+    positions: torch.Tensor | None = None,
+    bug: str | None = None,
+) -> torch.Tensor:
+    """HSA output ``(..., N, d_v)`` in the dtype of ``q``, with the mistake ``bug`` (or none)."""
+    if bug is not None and bug not in BUGS:
+        raise ValueError(f"unknown bug {bug!r}")
+    if bug == "wrong_default_scale" and scale is None:
+        scale = 1.0 / q.shape[-1]
+    c = check_attention_inputs(q, k, v, hierarchy, scale=scale, energy=energy, positions=positions)
+    q, k, v, scale, energy = c.q, c.k, c.v, c.scale, c.energy
+    h, pos = hierarchy, c.positions
+    if bug == "distance_norms_dropped" and energy == "distance":
+        energy = "dot"
+    if bug == "positions_ignored":
+        pos = None
+    if bug == "forest_leak" and h.num_trees > 1:
+        h = _joined(h)
+        if pos is not None:
+            pos = torch.cat([pos, pos.new_zeros(1, pos.shape[1])])
+    dtype = q.dtype
+    n = h.num_leaves
+    counts = torch.as_tensor(h.leaf_counts, dtype=dtype)
+
+    # Up: F of every node; each family's share rows, one per leaf below it.
+    diff = q - k
+    s_diag = scale * (q * k).sum(-1) if energy == "dot" else -0.5 * scale * (diff * diff).sum(-1)
+    if pos is not None:
+        s_diag = s_diag + (pos[:n] * pos[:n]).sum(-1)
+    if bug == "leaf_self_term_dropped":
+        s_diag = torch.zeros_like(s_diag)
+    f: dict[int, torch.Tensor] = {i: s_diag[..., i] for i in range(n)}
+    shares: dict[int, tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for a in sorted(h.families, key=lambda x: (int(h.height[x]), x)):
+        kids = h.children(a)
+        b = len(kids)
+        leaves = h.leaves_under(a)
+        where = {leaf: col for col, leaf in enumerate(leaves)}
+        member = torch.zeros(b, len(leaves), dtype=dtype)
+        for row, kid in enumerate(kids):
+            member[row, [where[j] for j in h.leaves_under(kid)]] = 1
+        child_of = member.argmax(0)  # which child holds each leaf
+        means = member / counts[kids, None]
+        s = score_matrix(q[..., leaves, :], k[..., leaves, :], scale=scale, energy=energy)
+        if bug == "log_mean_exp_energy":
+            top = s.amax((-1, -2), keepdim=True)
+            e = torch.log(means @ torch.exp(s - top) @ means.T) + top
+        else:
+            e = means @ s @ means.T
+        bias = pos[kids] @ pos[kids].T if pos is not None else 0
+        log_count = 0 if bug == "log_count_ignored" else torch.log(counts[kids])
+        eye = torch.eye(b, dtype=torch.bool)
+        stay = torch.stack([f[x] for x in kids], dim=-1)
+        logits = torch.where(eye, torch.diag_embed(stay), e + bias + log_count)
+        log_z = _logsumexp(logits, bug)
+        if bug == "uniform_child_weights":
+            weights = torch.full((b,), 1.0 / b, dtype=dtype)
+        else:
+            weights = counts[kids] / counts[a]
+        f[a] = (weights * log_z).sum(-1)
+        if bug == "row_softmax":
+            e_row = s @ means.T  # leaf i against block C
+            bias_row = bias[child_of] if pos is not None else 0
+            row_logits = torch.where(
+                eye[child_of], stay[..., None, :], e_row + bias_row + log_count
+            )
+            rows = torch.softmax(row_logits, dim=-1)
+        else:
+            rows = torch.exp(logits - log_z[..., None])[..., child_of, :]
+        shares[a] = (leaves, child_of, rows, means)
+
+    # Down: W = product of the shares kept, Y = what was sent to siblings.
+    w = torch.ones(*q.shape[:-2], n, dtype=dtype)
+    y = torch.zeros(*v.shape[:-1], v.shape[-1], dtype=dtype)
+    for a in sorted(h.families, key=lambda x: (int(h.depth[x]), x)):
+        leaves, child_of, rows, means = shares[a]
+        own = torch.nn.functional.one_hot(child_of, rows.shape[-1]).to(torch.bool)
+        sent = torch.where(own, 0, rows)
+        v_bar = means @ v[..., leaves, :]
+        y[..., leaves, :] = y[..., leaves, :] + w[..., leaves, None] * (sent @ v_bar)
+        w[..., leaves] = w[..., leaves] * (rows * own).sum(-1)
+    out = y + w[..., None] * v
+    if bug == "relative_error":
+        out = out * (1 + 1e-4)
+    return out
+
+
+correct = partial(planted_hsa, bug=None)
+leaf_self_term_dropped = partial(planted_hsa, bug="leaf_self_term_dropped")
+log_count_ignored = partial(planted_hsa, bug="log_count_ignored")
+log_mean_exp_energy = partial(planted_hsa, bug="log_mean_exp_energy")
+row_softmax = partial(planted_hsa, bug="row_softmax")
+uniform_child_weights = partial(planted_hsa, bug="uniform_child_weights")
+no_max_subtraction = partial(planted_hsa, bug="no_max_subtraction")
+forest_leak = partial(planted_hsa, bug="forest_leak")
+wrong_default_scale = partial(planted_hsa, bug="wrong_default_scale")
+relative_error = partial(planted_hsa, bug="relative_error")
+distance_norms_dropped = partial(planted_hsa, bug="distance_norms_dropped")
+positions_ignored = partial(planted_hsa, bug="positions_ignored")
