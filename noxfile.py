@@ -35,6 +35,19 @@ def proofs(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """HSA conformance harness: ``-- --impl package.module:function`` or ``-- --outputs DIR``.
+
+    Without either, checks ``hsa_fast:hsa``; other options pass through (docs/PORTING.md).
+    """
+    _install(session, "test")
+    args = list(session.posargs)
+    if not any(a.split("=")[0] in ("--impl", "--outputs") for a in args):
+        args = ["--impl", "hsa_fast:hsa", *args]
+    session.run("python", "-m", "hsa_ref.conformance", *args)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Lint and format-check with ruff."""
     session.install("ruff>=0.6")

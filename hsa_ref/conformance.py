@@ -695,9 +695,12 @@ def run(
     if examples < 1:
         raise UsageError("--examples must be at least 1")
     n_props = len(PROPERTIES) if properties is None else len(properties)
+    props = (
+        f"{n_props} properties x {examples} examples (seed {seed})" if n_props else "no properties"
+    )
     report = Report(
         f"HSA conformance of {label or getattr(impl, '__qualname__', impl)} in {dtype}: "
-        f"{len(selected)} golden cases, {n_props} properties x {examples} examples (seed {seed})"
+        f"{len(selected)} golden cases, {props}"
     )
     report.outcomes = check_golden(impl, selected, torch_dtype)
     if n_props:

@@ -309,3 +309,18 @@ def test_pytest_option_runs_the_harness(tmp_path):
     usage = _pytest(tmp_path, "--hsa-impl", "no_such_module_xyz:hsa")
     assert usage.returncode == pytest.ExitCode.USAGE_ERROR
     assert "cannot import" in usage.stderr
+
+
+def test_porting_guide_names_every_case_property_and_constant():
+    from hsa_ref.tolerance import ATOL_FACTOR, FLOAT32_RELATIVE, FLOAT32_RELATIVE_MAX_SCORE
+
+    guide = (ROOT / "docs" / "PORTING.md").read_text()
+    for case in load_cases():
+        assert f"| `{case.name}` |" in guide
+    for name in PROPERTIES:
+        assert f"| `{name}` |" in guide
+    formula = f"{ATOL_FACTOR:g} * eps[t] * (1 + score_max) * value_max"
+    assert formula in guide
+    assert f"`{FLOAT32_RELATIVE:.0e}`".replace("e-0", "e-") in guide  # `1e-5`
+    assert f"score_max <= {FLOAT32_RELATIVE_MAX_SCORE:g}" in guide
+    assert "docs/PORTING.md" in (ROOT / "README.md").read_text()
