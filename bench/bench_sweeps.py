@@ -2,12 +2,14 @@
 
 Each case times one forward call on ``(1, heads, N, d)`` inputs and stores in ``extra_info`` the
 sizes (``N``, ``M``, ``b``, ``d``, ``heads``), dtype, device and work counts of
-:mod:`bench.shapes`. The layout of ``hsa_fast`` is compiled (and cached) before timing; its
+:mod:`bench.shapes`, and the process CPU time (user, system) of the timed round with least user
+time. The layout of ``hsa_fast`` is compiled (and cached) before timing; its
 one-off cost is recorded as ``compile_s``. Assertions here are on exact work counts only.
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,17 +45,34 @@ def _sync(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def _time_case(benchmark: Any, fn: Callable[[], Any], case: Case, budget_s: float, cap: int):
-    """Warm up once (unless ``single_shot``), then time enough rounds to fill ``budget_s``."""
+def _time_case(
+    benchmark: Any, fn: Callable[[], Any], case: Case, budget_s: float, cap: int
+) -> list[tuple[float, float]]:
+    """Warm up once (unless ``single_shot``), then time enough rounds to fill ``budget_s``.
+
+    Returns the process CPU time ``(user, system)`` in seconds of every timed round: unlike wall
+    time it does not count waiting for a core, and the system part shows page-fault cost.
+    """
+    usage: list[tuple[float, float]] = []
+
+    def timed() -> Any:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        out = fn()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        usage.append((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime))
+        return out
+
     if case.single_shot:
-        return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(timed, rounds=1, iterations=1, warmup_rounds=0)
+        return usage
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
     # At least three rounds for calls shorter than the budget: a single short round is noise.
     floor = 3 if first < budget_s else 1
     rounds = min(cap, max(floor, int(budget_s / max(first, 1e-6))))
-    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
+    return usage
 
 
 def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> None:
@@ -119,6 +138,9 @@ def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> No
     benchmark.extra_info.update(info)
     try:
         with torch.inference_mode():
-            _time_case(benchmark, fn, case, profile.budget_s, profile.max_rounds)
+            usage = _time_case(benchmark, fn, case, profile.budget_s, profile.max_rounds)
     except torch.OutOfMemoryError:
         pytest.skip(f"{case.impl} at N={case.n}, d={case.d} does not fit in {device} memory")
+    # Per call, the round with least user time (CPU timers tick coarsely for short calls).
+    user, system = min(usage)
+    benchmark.extra_info.update({"cpu_user_s": user, "cpu_sys_s": system})
