@@ -1,4 +1,7 @@
-"""The public entry point: validation, then the programme on the input's device."""
+"""The public entry point: validation, then the programme on the input's device.
+
+``backend="auto"`` runs the Triton kernels (:mod:`hsa_fast.triton_programme`) on CUDA tensors
+when Triton is installed and the inputs suit them, and the PyTorch programme otherwise."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from hsa_ref import Hierarchy, check_attention_inputs
 
 from .layout import compile_hierarchy
 from .programme import hsa_programme
+from .triton_programme import choose_backend, hsa_triton
 
 __all__ = ["hsa"]
 
@@ -21,6 +25,7 @@ def hsa(
     scale: float | None = None,
     energy: str = "dot",
     positions: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Hierarchical self-attention of ``q, k, v`` over the leaves of ``hierarchy``.
 
@@ -34,6 +39,10 @@ def hsa(
             (``s_ij = -scale/2 ||q_i - k_j||^2``).
         positions: optional ``(N + M, d_p)`` per-node vectors; ``<p_B, p_C>`` is added to the
             block energy of siblings ``B, C`` and ``<p_i, p_i>`` to ``s_ii``.
+        backend: ``"auto"`` (Triton kernels for float32 / float16 / bfloat16 CUDA tensors when
+            Triton is installed, else the PyTorch programme; float64 always takes the PyTorch
+            programme), ``"torch"`` or ``"triton"`` (raises ``ValueError`` where the kernels
+            cannot run; CPU tensors only under ``TRITON_INTERPRET=1``, for testing).
 
     Returns:
         ``(..., N, d_v)`` in the dtype of ``q``.
@@ -45,7 +54,9 @@ def hsa(
         q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
     )
     layout = compile_hierarchy(hierarchy, checked.q.device)
-    return hsa_programme(
+    chosen = choose_backend(backend, checked.q, checked.v, checked.positions, hierarchy.num_nodes)
+    run = hsa_triton if chosen == "triton" else hsa_programme
+    return run(
         checked.q,
         checked.k,
         checked.v,

@@ -24,3 +24,8 @@ settings.load_profile(
 )
 
 torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+# Without a GPU, the Triton kernels run on CPU tensors under Triton's interpreter (test_triton.py).
+# Triton reads this when the kernels are defined, which hsa_fast defers until their first use.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
