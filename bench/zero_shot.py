@@ -58,6 +58,7 @@ __all__ = [
     "main",
     "num_energies",
     "prepare",
+    "retrieval_mrr",
     "retrieval_top1",
     "run_experiment",
     "spearman",
@@ -546,6 +547,14 @@ def retrieval_top1(queries: torch.Tensor, documents: torch.Tensor) -> float:
     return float((sims.argmax(-1) == torch.arange(len(queries))).double().mean())
 
 
+def retrieval_mrr(queries: torch.Tensor, documents: torch.Tensor) -> float:
+    """Mean over queries ``i`` of ``1 / rank`` of document ``i`` (rank 1: the most similar)."""
+    sims = queries @ documents.T
+    own = sims.diagonal().unsqueeze(-1)
+    rank = 1 + (sims > own).sum(-1).double()
+    return float((1 / rank).mean())
+
+
 def _pair_similarities(emb: torch.Tensor) -> torch.Tensor:
     iu = torch.triu_indices(len(emb), len(emb), offset=1)
     return (emb @ emb.T)[iu[0], iu[1]].double()
@@ -559,10 +568,11 @@ def alternating_layers(num_layers: int) -> list[tuple[int, ...]]:
 
 
 def _label(layers: Sequence[int], num_layers: int) -> str:
+    """``k=3 (3-5)`` for layers ``>= k``, ``1,3,5`` otherwise, ``none (k=6)`` for none."""
     if not layers:
-        return "none"
+        return f"none (k={num_layers})"
     if list(layers) == list(range(layers[0], num_layers)):
-        return f">={layers[0]}"
+        return f"k={layers[0]} ({layers[0]}-{num_layers - 1})"
     return ",".join(map(str, layers))
 
 
@@ -587,7 +597,11 @@ def run_experiment(
     base, base_flops = encode_prepared(encoder, prepared)
     base_sims = _pair_similarities(base)
     base_top1 = retrieval_top1(base[:p], base[p:])
-    log(f"unmodified: retrieval top-1 {base_top1:.4f} ({time.perf_counter() - t0:.1f}s)")
+    base_mrr = retrieval_mrr(base[:p], base[p:])
+    log(
+        f"unmodified: retrieval top-1 {base_top1:.4f} MRR {base_mrr:.4f} "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
     layer_sets = [tuple(range(k, num_layers)) for k in range(num_layers)]
     layer_sets += alternating_layers(num_layers)
     rows = []
@@ -610,12 +624,14 @@ def run_experiment(
                 "cos_min": float(cos.min()),
                 "spearman": spearman(_pair_similarities(emb), base_sims),
                 "top1": retrieval_top1(emb[:p], emb[p:]),
+                "mrr": retrieval_mrr(emb[:p], emb[p:]),
                 "seconds": time.perf_counter() - t0,
             }
             rows.append(row)
             log(
                 f"{kind:>10} layers {row['label']:>6}: saved {row['saved_model']:6.1%} "
                 f"cos {row['cos_mean']:.4f} rho {row['spearman']:.4f} top-1 {row['top1']:.4f} "
+                f"MRR {row['mrr']:.4f} "
                 f"({row['seconds']:.1f}s)"
             )
     lengths = [tokenize(encoder, [t]).lengths[0] for t in texts]
@@ -623,44 +639,52 @@ def run_experiment(
         "model": MODEL_NAME,
         "corpus": "pydoc_data.topics prose paragraphs split into (first half, second half)",
         "num_pairs": p,
+        "num_layers": num_layers,
         "num_texts": len(texts),
         "tokens_mean": float(np.mean(lengths)),
         "tokens_max": int(np.max(lengths)),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "backend": _default_backend(),
-        "baseline": {"top1": base_top1, "dense_flops": base_flops["dense"]},
+        "baseline": {"top1": base_top1, "mrr": base_mrr, "dense_flops": base_flops["dense"]},
         "rows": rows,
     }
 
 
 def write_table(result: dict[str, Any], path: Path) -> str:
     """The Markdown table of :func:`run_experiment`'s rows; written to ``path`` and returned."""
+    num_layers = result.get("num_layers", 6)
     head = (
         f"# Zero-shot HSA in {result['model']}\n\n"
         f"{result['num_pairs']} query/document pairs ({result['num_texts']} texts, "
         f"{result['tokens_mean']:.1f} tokens on average, at most {result['tokens_max']}) from "
         f"{result['corpus']}; Python {result['python']}, torch {result['torch']}, HSA backend "
-        f"`{result['backend']}`. Unmodified model: retrieval top-1 "
-        f"{result['baseline']['top1']:.4f}.\n\n"
+        f"`{result['backend']}`, {result.get('threads', '?')} torch threads, "
+        f"{result.get('seconds', 0):.0f} s in all ({result.get('cpu_seconds', 0):.0f} s of CPU "
+        "time). Unmodified model: retrieval "
+        f"top-1 {result['baseline']['top1']:.4f}, MRR {result['baseline']['mrr']:.4f}.\n\n"
         "FLOPs saved: attention FLOPs against dense attention (4 d n^2 per layer and head), in "
-        "the replaced layers and over all 6 layers; HSA counted as 4 d (n + sum_f b_f (b_f-1)), "
+        f"the replaced layers and over all {num_layers} layers; HSA counted as "
+        "4 d (n + sum_f b_f (b_f-1)), "
         "the last FLOP column adds the node means of q, k, v. cos: cosine similarity of each "
         "embedding to the unmodified model's. rho: Spearman correlation of all pairwise "
-        "similarities with the unmodified model's. top-1: first half retrieves its second half.\n"
+        "similarities with the unmodified model's. top-1, MRR: each paragraph's first half "
+        "retrieves its second half among all second halves (top-1 accuracy, mean reciprocal "
+        "rank).\n"
     )
     lines = [
         "| hierarchy | replaced layers | saved (replaced) | saved (all) | saved (all, +means) "
-        "| cos mean | cos min | rho | top-1 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| none | none | 0.0% | 0.0% | 0.0% | 1.0000 | 1.0000 | 1.0000 | "
-        f"{result['baseline']['top1']:.4f} |",
+        "| cos mean | cos min | rho | top-1 | MRR |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| none | {_label((), num_layers)} | 0.0% | 0.0% | 0.0% | 1.0000 | 1.0000 | 1.0000 | "
+        f"{result['baseline']['top1']:.4f} | {result['baseline']['mrr']:.4f} |",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['hierarchy']} | {r['label']} | {r['saved_replaced']:.1%} | "
+            f"| {r['hierarchy']} | {_label(r['layers'], num_layers)} | {r['saved_replaced']:.1%} | "
             f"{r['saved_model']:.1%} | {r['saved_model_with_means']:.1%} | {r['cos_mean']:.4f} | "
-            f"{r['cos_min']:.4f} | {r['spearman']:.4f} | {r['top1']:.4f} |"
+            f"{r['cos_min']:.4f} | {r['spearman']:.4f} | {r['top1']:.4f} | {r['mrr']:.4f} |"
         )
     text = head + "\n" + "\n".join(lines) + "\n"
     path.write_text(text)
@@ -668,19 +692,20 @@ def write_table(result: dict[str, Any], path: Path) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Fidelity (Spearman, retrieval) against FLOPs saved: a line per hierarchy, labelled by k."""
+    """Fidelity (Spearman, retrieval MRR) against FLOPs saved: a line per hierarchy, k marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    num_layers = result.get("num_layers", 6)
     rows = [r for r in result["rows"] if r["hierarchy"] != "flat"]
     kinds = list(dict.fromkeys(r["hierarchy"] for r in rows))
     colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6), constrained_layout=True)
     panels = [
         ("spearman", "Spearman rho of pairwise similarities\nvs. unmodified model"),
-        ("top1", "retrieval top-1 accuracy"),
+        ("mrr", "retrieval: mean reciprocal rank"),
     ]
     for ax, (metric, ylabel) in zip(axes, panels, strict=True):
         for c, kind in enumerate(kinds):
@@ -697,7 +722,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     100 * r["saved_model"],
                     r[metric],
                     marker=f"${r['k']}$",
-                    ms=9,
+                    ms=8,
                     color=colors(c),
                     ls="none",
                 )
@@ -706,22 +731,30 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 [r[metric] for r in alt],
                 "D",
                 mfc="none",
+                mew=0.9,
                 color=colors(c),
-                ms=7,
+                ms=12,
                 ls="none",
+                zorder=1,
             )
-        if metric == "top1":
+        if metric == "mrr":
             ax.axhline(
-                result["baseline"]["top1"], color="0.4", ls="--", lw=1, label="unmodified model"
+                result["baseline"]["mrr"], color="0.4", ls="--", lw=1, label="unmodified model"
             )
-        ax.set_xlabel("attention FLOPs saved over all 6 layers (%)")
+        ax.set_xscale("log")
+        ticks = [2, 5, 10, 20, 50, 100]
+        ax.set_xticks(ticks, [f"{t}%" for t in ticks])
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel(f"attention FLOPs saved over all {num_layers} layers (log scale)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], marker="D", mfc="none", color="0.3", ls="none"))
-    labels.append("alternating layers")
+    handles.append(plt.Line2D([], [], marker="D", mfc="none", ms=9, color="0.3", ls="none"))
+    labels.append("alternating layers\n(1,3,5 and 3,5)")
     fig.legend(handles, labels, loc="outside right center", title="hierarchy")
-    fig.suptitle(f"Zero-shot HSA in {result['model']}: digits mark k (layers k..5 replaced)")
+    fig.suptitle(
+        f"Zero-shot HSA in {result['model']}: digits mark k (layers k..{num_layers - 1} replaced)"
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -739,13 +772,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     encoder = load_encoder()
     pairs = load_corpus(args.pairs)
     result = run_experiment(
         encoder, pairs, hierarchies=args.hierarchies, batch_size=args.batch_size
     )
+    result["seconds"] = time.perf_counter() - t0
+    result["cpu_seconds"] = time.process_time() - cpu0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     table = write_table(result, args.out / "table.md")

@@ -62,8 +62,9 @@ def test_hierarchy_changes_the_output(encoder, library_embeddings):
 
 def test_fast_and_reference_agree_inside_the_model(encoder):
     kw = {"layers": (4, 5), "hierarchy": "clauses"}
-    fast, _ = zs.encode(encoder, TEXTS, backend="fast", **kw)
-    ref, _ = zs.encode(encoder, TEXTS, backend="reference", **kw)
+    texts = TEXTS[:2]
+    fast, _ = zs.encode(encoder, texts, backend="fast", **kw)
+    ref, _ = zs.encode(encoder, texts, backend="reference", **kw)
     assert (fast - ref).abs().max() <= 1e-5
 
 
@@ -91,7 +92,7 @@ def test_padding_does_not_change_results(encoder, hierarchy):
 
 def test_replay_from_cached_layers_matches_full_forward(encoder):
     prepared = zs.prepare(encoder, TEXTS, batch_size=2)
-    for layers in [(5,), (1, 3, 5), (2, 3, 4, 5)]:
+    for layers in [(5,), (1, 3, 5)]:
         full, f1 = zs.encode(encoder, TEXTS, layers=layers, hierarchy="words", batch_size=2)
         replay, f2 = zs.encode_prepared(encoder, prepared, layers=layers, hierarchy="words")
         assert torch.equal(full, replay)
@@ -196,11 +197,13 @@ def test_spearman():
         zs.spearman(torch.ones(5), x[:5])
 
 
-def test_retrieval_top1():
+def test_retrieval_top1_and_mrr():
     docs = torch.eye(4)
     queries = torch.eye(4)[[0, 1, 3, 2]]
     assert zs.retrieval_top1(queries, docs) == 0.5
     assert zs.retrieval_top1(docs, docs) == 1.0
+    assert zs.retrieval_mrr(queries, docs) == pytest.approx((1 + 1 + 0.5 + 0.5) / 4)
+    assert zs.retrieval_mrr(docs, docs) == 1.0
 
 
 def test_corpus_is_real_english_prose():
@@ -223,9 +226,9 @@ def test_alternating_layers():
 
 
 def test_main_writes_table_json_and_plot(tmp_path, capsys):
-    assert zs.main(["--out", str(tmp_path), "--pairs", "4", "--hierarchies", "chunks-8"]) == 0
+    assert zs.main(["--out", str(tmp_path), "--pairs", "2", "--hierarchies", "chunks-8"]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
-    assert result["num_pairs"] == 4
+    assert result["num_pairs"] == 2
     assert len(result["rows"]) == 8  # k = 0..5 and two alternating sets
     table = (tmp_path / "table.md").read_text()
     assert table.count("| chunks-8 |") == 8
