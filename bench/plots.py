@@ -518,7 +518,8 @@ def summary_markdown(
                 f"| {_fmt_int(n)} | {d} | {_ms(tf)} | {_ms(td)} | {td / tf:,.2f} |"
                 for n, d, tf, td in rows
             ]
-        lines += ["", "Row for `bench/RESULTS.md`:", "", "```", _results_row(run, fits), "```", ""]
+        lines += ["", "Row for `bench/RESULTS.md`:", "", "```", RESULTS_HEADER]
+        lines += [_results_row(run, fits), "```", ""]
         lines += [
             "<details><summary>All measurements</summary>",
             "",
@@ -546,10 +547,18 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+RESULTS_HEADER = (
+    "| date | machine (threads) | torch | profile | hsa_fast exponent in N, wall [95% CI] "
+    "| hsa_fast exponent in N, user CPU | SDPA exponent in N | hsa_fast at the largest N "
+    "| SDPA / hsa_fast at the largest common N |"
+)
+
+
 def _results_row(run: Run, fits) -> str:
-    """``| date | machine | torch | threads | profile | exponents | ratio |`` for RESULTS.md."""
+    """One row of ``bench/RESULTS.md`` (columns of ``RESULTS_HEADER``)."""
     f = fits[run.device].get("N", {})
     fast, dense = f.get("hsa_fast"), f.get("sdpa")
+    cpu = _fit(run.select("N", "hsa_fast"), "N", "cpu_user")
     rows = [r for r in _ratio_rows(run) if r[1] == 64]
     ratio = f"{rows[-1][3] / rows[-1][2]:,.1f}x at N={_fmt_int(rows[-1][0])}" if rows else "-"
     fast_n = run.select("N", "hsa_fast")
@@ -559,7 +568,8 @@ def _results_row(run: Run, fits) -> str:
     return (
         f"| {i.get('date', '?')} | {i.get('accelerator', '?')} ({_threads(i)}) | "
         f"{i.get('torch', '?')} | {i.get('profile', '?')} | "
-        f"{fast.label() if fast else '-'} | {dense.label() if dense else '-'} | {big} | {ratio} |"
+        f"{fast.label() if fast else '-'} | {cpu.label() if cpu else '-'} | "
+        f"{dense.label() if dense else '-'} | {big} | {ratio} |"
     )
 
 
