@@ -187,12 +187,15 @@ def test_gradients_match_the_programme(name, energy):
 @settings(max_examples=4)
 @given(hsa_cases(hierarchy=SMALL, dtype=torch.float32, max_batch_dims=1, max_dim=5))
 def test_gradients_match_the_programme_random(case):
-    h = case.hierarchy
-    expected = _grads(_torch, case.q, case.k, case.v, h, torch.float64, **case.kwargs())
-    got = _grads(_triton_on_device, case.q, case.k, case.v, h, torch.float32, **case.kwargs())
-    for fast, ref in zip(got, expected, strict=True):
-        scale = max(ref.abs().max().item(), 1e-6)
-        assert (fast - ref).abs().max().item() <= 1e-4 * scale, case.describe()
+    """float32 gradients as close to the float64 ones as the PyTorch programme's in float32
+    (within 4x, as SPEC section 6 asks of outputs): rounding grows with the scores."""
+    h, kw = case.hierarchy, case.kwargs()
+    expected = _grads(_torch, case.q, case.k, case.v, h, torch.float64, **kw)
+    baseline = _grads(_torch, case.q, case.k, case.v, h, torch.float32, **kw)
+    got = _grads(_triton_on_device, case.q, case.k, case.v, h, torch.float32, **kw)
+    for fast, base, ref in zip(got, baseline, expected, strict=True):
+        limit = 4 * (base - ref).abs().max().item() + 1e-6 * ref.abs().max().item()
+        assert (fast - ref).abs().max().item() <= limit, case.describe()
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
