@@ -138,12 +138,17 @@ def targets(rows: Sequence[Row]) -> list[tuple[str, bool | None]]:
 def time_ms(
     fn: Callable[[], object], *, device: str, warmup: int, reps: int, budget_s: float
 ) -> float:
-    """Median of ``reps`` timings of ``fn`` in ms (fewer once ``budget_s`` has run out, at least
-    3): CUDA events on a GPU, the wall clock on CPU (the ``--device cpu`` smoke run)."""
+    """Median of ``reps`` timings of ``fn`` in ms, each call on its own, after ``warmup`` untimed
+    calls: CUDA events on a GPU, the wall clock on CPU (the ``--device cpu`` smoke run). Slow
+    calls stop early: warming up after ``budget_s / 2`` seconds, timing after ``budget_s`` and at
+    least 3 timings."""
+    started = time.perf_counter()
     for _ in range(warmup):
         fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if time.perf_counter() - started > budget_s / 2:
+            break
     times: list[float] = []
     started = time.perf_counter()
     for _ in range(reps):
@@ -254,36 +259,52 @@ def _time_backward(row: Row, fns: dict[str, Callable], args: argparse.Namespace)
 
 
 # ----------------------------------------------------------------------------- correctness
-def correctness_cases(quick: bool = False) -> list[tuple[str, Hierarchy]]:
-    """Small hierarchies covering every kind of bucket the kernels see."""
-    cases = [
-        ("mixed", Hierarchy.from_nested([[0, 1, 2], [3, [4, 5]], 6, [[7]], [8, [9, 10, 11]]])),
-        (
-            "forest",
-            Hierarchy.forest(
-                [
-                    Hierarchy.from_parents([-1], 1),
-                    Hierarchy.from_nested([[0, [[1]], [2, 3]], 4]),
-                    Hierarchy.balanced(40, 5),
-                ]
-            ),
-        ),
-        ("balanced b=16", Hierarchy.balanced(256, 16)),
-        ("wide family", Hierarchy.from_nested([list(range(150)), [150, [151, 152]], 153])),
+@dataclass(frozen=True)
+class Check:
+    """One forward check (and optionally a gradient check) on a small hierarchy."""
+
+    name: str
+    hierarchy: Hierarchy
+    dtype: torch.dtype
+    energy: str = "dot"
+    positions: bool = False
+    d: int = 16
+    gradients: bool = False
+
+
+def correctness_checks(quick: bool = False) -> list[Check]:
+    """Every kind of bucket (contiguous and gathered leaves, families, leaves beside families,
+    single-child chains, one-leaf trees, families wider than a tile), each dtype and energy,
+    positions, gradients; few enough that compiling the kernels they need stays short."""
+    mixed = Hierarchy.from_nested([[0, 1, 2], [3, [4, 5]], 6, [[7]], [8, [9, 10, 11]]])
+    forest = Hierarchy.forest(
+        [
+            Hierarchy.from_parents([-1], 1),
+            Hierarchy.from_nested([[0, [[1]], [2, 3]], 4]),
+            Hierarchy.balanced(40, 5),
+        ]
+    )
+    wide = Hierarchy.from_nested([list(range(150)), [150, [151, 152]], 153])
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    checks = [
+        Check("mixed", mixed, f32, gradients=True),
+        Check("mixed", mixed, bf16, "distance", positions=True),
+        Check("wide family", wide, f32, "distance", positions=True, gradients=True),
+        Check("balanced b=64", Hierarchy.balanced(4096, 64), bf16, d=64),
     ]
     if not quick:
-        cases += [
-            ("balanced b=4", Hierarchy.balanced(64, 4)),
-            ("balanced b=64", Hierarchy.balanced(4096, 64)),
+        checks += [
+            Check("mixed", mixed, f16, "distance"),
+            Check("forest", forest, f32, "distance", positions=True, gradients=True),
+            Check("forest", forest, bf16),
+            Check("wide family", wide, bf16),
+            Check("balanced b=16", Hierarchy.balanced(4096, 16), bf16, d=64),
+            Check("balanced b=16", Hierarchy.balanced(256, 16), f32, "distance"),
         ]
-    return cases
+    return checks
 
 
-def check_correctness(
-    device: str,
-    cases: Sequence[tuple[str, Hierarchy]],
-    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16),
-) -> list[str]:
+def check_correctness(device: str, checks: Sequence[Check]) -> list[str]:
     """Failures of the Triton path against the reference (forward) and against the PyTorch
     programme (gradients); prints one line per check."""
     from hsa_fast import hsa
@@ -291,41 +312,40 @@ def check_correctness(
 
     failures: list[str] = []
     gen = torch.Generator().manual_seed(0)
-    for name, h in cases:
-        n = h.num_leaves
-        for dtype in dtypes:
-            for energy, with_pos in (("dot", False), ("distance", False), ("dot", True)):
-                q, k, v = (
-                    torch.randn(2, n, d, generator=gen, dtype=torch.float64).to(dtype)
-                    for d in (16, 16, 8)
-                )
-                pos = torch.randn(h.num_nodes, 4, generator=gen, dtype=torch.float64)
-                pos = pos if with_pos else None
-                out = hsa(
-                    *(x.to(device) for x in (q, k, v)),
-                    h,
-                    energy=energy,
-                    positions=pos.to(device) if pos is not None else None,
-                    backend="triton",
-                )
-                verdict = compare_to_reference(out.cpu(), q, k, v, h, energy=energy, positions=pos)
-                label = f"{name}, {str(dtype)[6:]}, {energy}{', positions' if with_pos else ''}"
-                print(f"  forward  {label}: {verdict}")
-                if not verdict.passed:
-                    failures.append(f"forward {label}: {verdict}")
-        failures += _check_gradients(device, name, h, gen)
+    for c in checks:
+        h, n = c.hierarchy, c.hierarchy.num_leaves
+        q, k, v = (
+            torch.randn(2, n, d, generator=gen, dtype=torch.float64).to(c.dtype)
+            for d in (c.d, c.d, c.d // 2)
+        )
+        pos = torch.randn(h.num_nodes, 4, generator=gen, dtype=torch.float64)
+        pos = pos if c.positions else None
+        out = hsa(
+            *(x.to(device) for x in (q, k, v)),
+            h,
+            energy=c.energy,
+            positions=pos.to(device) if pos is not None else None,
+            backend="triton",
+        )
+        verdict = compare_to_reference(out.cpu(), q, k, v, h, energy=c.energy, positions=pos)
+        label = f"{c.name}, {str(c.dtype)[6:]}, {c.energy}{', positions' if c.positions else ''}"
+        print(f"  forward  {label}: {verdict}")
+        if not verdict.passed:
+            failures.append(f"forward {label}: {verdict}")
+        if c.gradients:
+            failures += _check_gradients(device, c, gen)
     return failures
 
 
-def _check_gradients(device: str, name: str, h: Hierarchy, gen: torch.Generator) -> list[str]:
+def _check_gradients(device: str, c: Check, gen: torch.Generator) -> list[str]:
     """Triton's float32 gradients against float64 ones, allowed 4x the error of the PyTorch
     programme in float32 (plus 1e-6 of the largest gradient)."""
     from hsa_fast import hsa
 
-    n = h.num_leaves
-    base = [torch.randn(2, n, d, generator=gen, dtype=torch.float64) for d in (16, 16, 8)]
+    h, n = c.hierarchy, c.hierarchy.num_leaves
+    base = [torch.randn(2, n, d, generator=gen, dtype=torch.float64) for d in (c.d, c.d, c.d // 2)]
     pos = torch.randn(h.num_nodes, 4, generator=gen, dtype=torch.float64)
-    weight = torch.randn(2, n, 8, generator=gen, dtype=torch.float64)
+    weight = torch.randn(2, n, c.d // 2, generator=gen, dtype=torch.float64)
     grads = {}
     for backend, dtype in (
         ("torch", torch.float64),
@@ -333,10 +353,11 @@ def _check_gradients(device: str, name: str, h: Hierarchy, gen: torch.Generator)
         ("triton", torch.float32),
     ):
         ins = [x.detach().to(device, dtype).requires_grad_() for x in base]
-        p = pos.detach().to(device).requires_grad_()
-        out = hsa(*ins, h, energy="distance", positions=p, backend=backend)
+        p = pos.detach().to(device).requires_grad_() if c.positions else None
+        out = hsa(*ins, h, energy=c.energy, positions=p, backend=backend)
         (out.double() * weight.to(device)).sum().backward()
-        grads[backend, dtype] = [x.grad.double().cpu() for x in (*ins, p)]
+        leaves = (*ins, p) if p is not None else ins
+        grads[backend, dtype] = [x.grad.double().cpu() for x in leaves]
     worst = 0.0
     for fast, base32, ref in zip(
         grads["triton", torch.float32],
@@ -346,8 +367,9 @@ def _check_gradients(device: str, name: str, h: Hierarchy, gen: torch.Generator)
     ):
         limit = 4 * (base32 - ref).abs().max().item() + 1e-6 * ref.abs().max().item()
         worst = max(worst, (fast - ref).abs().max().item() / limit)
-    print(f"  gradient {name}, float32, distance, positions: error / limit {worst:.2f}")
-    return [] if worst <= 1 else [f"gradients {name}: error {worst:.2f}x the limit"]
+    label = f"{c.name}, float32, {c.energy}{', positions' if c.positions else ''}"
+    print(f"  gradient {label}: error / limit {worst:.2f}")
+    return [] if worst <= 1 else [f"gradients {label}: error {worst:.2f}x the limit"]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -453,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_checks:
         print("correctness (Triton path vs float64 reference; gradients vs PyTorch programme):")
         try:
-            failures = check_correctness(device, correctness_cases(args.quick))
+            failures = check_correctness(device, correctness_checks(args.quick))
         except Exception as exc:  # report and stop: timings of a broken path mean nothing
             print(f"error: correctness check crashed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1

@@ -59,10 +59,10 @@ def test_smoke_run_on_cpu(capsys, tmp_path):
 
     if not triton_interpreted():
         pytest.skip("TRITON_INTERPRET is not set")
-    failures = gpu_triton.check_correctness(
-        "cpu", [("mixed", Hierarchy.from_nested([[0, 1], [2, [3, 4]], 5]))], [torch.float32]
-    )
-    assert failures == []
+    h = Hierarchy.from_nested([[0, 1], [2, [3, 4]], 5])
+    check = gpu_triton.Check("small", h, torch.float32, "distance", positions=True, gradients=True)
+    assert gpu_triton.check_correctness("cpu", [check]) == []
+    assert len(gpu_triton.correctness_checks(quick=True)) < len(gpu_triton.correctness_checks())
     out_json = tmp_path / "rows.json"
     argv = ["--device", "cpu", "--sizes", "64", "--branching", "4", "--heads", "1", "--dim", "16"]
     argv += ["--warmup", "0", "--reps", "1", "--skip-checks", "--json", str(out_json)]
