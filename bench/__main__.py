@@ -5,15 +5,22 @@
     python -m bench --full               # N up to 1,048,576 (long on CPU)
     python -m bench --device cuda --full # on a CUDA machine
     python -m bench --threads 0          # torch's default thread count (default here: 1)
+    python -m bench --system-malloc      # glibc's default allocator settings (see below)
     python -m bench --no-plots -- -k "N-hsa_fast"   # pytest arguments after --
 
 Results go to ``<out>/<device>/benchmark.json`` (pytest-benchmark JSON with machine, torch version
 and date); the plots and ``<out>/SUMMARY.md`` are written by :mod:`bench.plots`.
+
+By default the sweeps run with glibc told to keep freed memory (``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_``), the CPU counterpart of CUDA's caching allocator: otherwise every
+call of every contender faults its large temporaries in afresh from the kernel, which on a
+virtual machine costs more than the arithmetic. It applies to all contenders alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +29,7 @@ from pathlib import Path
 from .cases import DEVICES
 
 DEFAULT_OUT = Path("results") / "bench"
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**35), "MALLOC_TRIM_THRESHOLD_": str(2**35)}
 
 
 def pytest_command(
@@ -69,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads on CPU (default 1: many small ops stall when cores are shared; "
         "0: torch's default, for a machine of one's own)",
     )
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's allocator settings alone (temporaries are faulted in on every call)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--no-plots", action="store_true", help="only run the sweeps")
     args = parser.parse_args(argv)
@@ -84,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / device).mkdir(parents=True, exist_ok=True)
         print(f"== sweeps: profile {profile}, device {device} ==", flush=True)
         start = time.perf_counter()
-        rc = subprocess.call(pytest_command(profile, device, args.out, extra, args.threads))
+        env = dict(os.environ) if args.system_malloc else {**os.environ, **KEEP_FREED_MEMORY}
+        command = pytest_command(profile, device, args.out, extra, args.threads)
+        rc = subprocess.call(command, env=env)
         print(f"== {device}: {time.perf_counter() - start:.0f} s, pytest exit {rc} ==", flush=True)
         status = status or rc
     if not args.no_plots:

@@ -56,6 +56,7 @@ def pytest_benchmark_update_machine_info(
         "device": device,
         "date": time.strftime("%Y-%m-%d"),
         "accelerator": machine_info.get("cpu", {}).get("brand_raw") or platform.machine(),
+        "malloc_keeps_freed_memory": "MALLOC_TRIM_THRESHOLD_" in os.environ,
     }
     if device == "cuda" and torch.cuda.is_available():
         info["accelerator"] = torch.cuda.get_device_name()
