@@ -27,7 +27,7 @@ import functools
 import math
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
@@ -114,6 +114,7 @@ class _Bucket:
     group: int
     rows: int
     chunks: int
+    launch_args: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def programs(self) -> int:
@@ -260,25 +261,32 @@ def choose_backend(
 
 # ----------------------------------------------------------------------------- launches
 def _bucket_args(b: _Bucket, dtype: torch.dtype) -> dict:
-    """Launch arguments describing bucket ``b`` (and its launch shape) for inputs of ``dtype``."""
-    return {
-        "fam_idx_ptr": b.families,
-        "slot_ptr": b.slots,
-        "weight_ptr": b.weight,
-        "log_size_ptr": b.log_size,
-        "n_fam": b.num_families,
-        "width": b.width,
-        "leaf_start": b.leaf_start,
-        "W": b.padded,
-        "G": b.group,
-        "BR": b.rows,
-        "NUM_CHUNKS": b.chunks,
-        "CONTIG": b.contiguous,
-        "HAS_LEAVES": b.has_leaves,
-        "HAS_FAMILIES": b.has_families,
-        "HALF": _half(b, dtype),
-        "num_warps": 8 if b.rows >= TILE else 4,
-    }
+    """Launch arguments describing bucket ``b`` (and its launch shape) for inputs of ``dtype``;
+    built once per dtype, not to be modified."""
+    args = b.launch_args.get(dtype)
+    if args is not None:
+        return args
+    return b.launch_args.setdefault(
+        dtype,
+        {
+            "fam_idx_ptr": b.families,
+            "slot_ptr": b.slots,
+            "weight_ptr": b.weight,
+            "log_size_ptr": b.log_size,
+            "n_fam": b.num_families,
+            "width": b.width,
+            "leaf_start": b.leaf_start,
+            "W": b.padded,
+            "G": b.group,
+            "BR": b.rows,
+            "NUM_CHUNKS": b.chunks,
+            "CONTIG": b.contiguous,
+            "HAS_LEAVES": b.has_leaves,
+            "HAS_FAMILIES": b.has_families,
+            "HALF": _half(b, dtype),
+            "num_warps": 8 if b.rows >= TILE else 4,
+        },
+    )
 
 
 def _sizes(
@@ -405,8 +413,7 @@ def _backward(
     # adjoint of the down pass, children first
     guf, glogwf, dlt = _buffers(q.device, False, (z, m1, d_v), (z, m1), (z, n + m1 - 1))
     for b in plan.buckets:
-        args = _bucket_args(b, q.dtype)
-        del args["HALF"]
+        args = {name: x for name, x in _bucket_args(b, q.dtype).items() if name != "HALF"}
         kern.hsa_down_bwd_kernel[(b.programs, z)](
             gy, st.rloc, st.sentf, st.logw, guf, glogwf, dlt, **args, N=n, M1=m1, d_v=d_v, BDV=bdv,
         )  # fmt: skip
@@ -456,6 +463,7 @@ class _HSATriton(torch.autograd.Function):
         return dq, dk, dv, dpos, None, None, None
 
 
+@torch.compiler.disable  # torch.compile runs the kernels as they are, between graphs
 def hsa_triton(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -284,3 +284,14 @@ def test_benchmark_kernels_compile_for_hopper():
         for k in leaf:
             assert k["tensor_cores"] != "-", (case, k)
             assert k["spill_bytes"] == 0, (case, k)
+
+
+def test_under_torch_compile():
+    h = STRUCTURES["mixed"]
+    q, k, v = _qkv(12, h.num_leaves)
+
+    def f(q, k, v):
+        return (2 * _triton_on_device(q, k, v, h)).sin()
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(f, backend="aot_eager")(q, k, v), f(q, k, v))
