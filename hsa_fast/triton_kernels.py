@@ -2,16 +2,17 @@
 
 A bucket kernel's program owns ``G`` families of the bucket and their children ("slots"):
 local slot ``s`` is child ``s % W`` of family ``s // W``, ``W`` being the bucket's width rounded
-up to a power of two. When the ``G W`` slots fit one tile (``W <= 64``), the sibling blocks of
-the ``G`` families form one block-diagonal ``(G W) x (G W)`` tile; wider families are swept in
-chunks of ``BR`` slots with an online log-sum-exp, as in flash attention.
+up to a power of two. When the ``G W`` slots fit one tile (``NUM_CHUNKS = 1``), the sibling
+blocks of the ``G`` families form one block-diagonal ``(G W) x (G W)`` tile; wider families are
+swept in chunks of ``BR`` slots with an online log-sum-exp, as in flash attention.
 
 Nodes are numbered as in the hierarchy: leaves ``0 .. N-1`` are rows of the contiguous
 ``(Z, N, d)`` tensors ``q, k, v``; families ``N .. N+M-1`` are rows ``node - N`` of float32
 family buffers of ``M + 1`` rows per batch row ``z`` (``M1 = M + 1``; the last row pads).
 ``HALF`` kernels multiply float16 / bfloat16 leaf tiles on the tensor cores with float32
-accumulation; every other product takes float32 operands, multiplied as three tf32 products
-(``input_precision="tf32x3"``, float32 accuracy on the tensor cores).
+accumulation; every other product takes float32 operands (family means, shares, positions),
+multiplied as ``F32_DOT``: three tf32 products for float32 inputs (``"tf32x3"``, float32
+accuracy on the tensor cores), one for half-precision inputs (``"tf32"``, still finer than them).
 
 Row ``B`` of a tile holds ``logits[B, C] = log|C| + e_BC`` off the diagonal and ``F(B)`` on it,
 so that ``L(B) = logsumexp_C logits[B, C]`` and ``P = exp(logits - L)`` holds ``mu(B)`` on the
@@ -36,7 +37,6 @@ __all__ = [
 NEG_INF = tl.constexpr(float("-inf"))
 # counts that vary from bucket to bucket: one compiled kernel whatever their divisibility
 SIZES = ["n_fam", "width", "leaf_start", "N", "M1"]
-F32_DOT = tl.constexpr("tf32x3")
 
 
 # Kernel signatures and calls stay packed, several arguments a line, so that the maths shows.
@@ -107,8 +107,9 @@ def _store_rows(leaf_ptr, fam_ptr, x, z, node, is_leaf, is_fam, N, M1, cols, n_c
 
 
 @triton.jit
-def _mm(a, b, HALF: tl.constexpr):
-    """``a @ b`` accumulated in float32; ``HALF``: on the tensor cores in ``b``'s dtype."""
+def _mm(a, b, HALF: tl.constexpr, F32_DOT: tl.constexpr):
+    """``a @ b`` accumulated in float32. ``HALF``: operands in ``b``'s dtype (float16 / bfloat16);
+    else float32 operands, multiplied as ``F32_DOT`` ("tf32x3": float32 accuracy, "tf32")."""
     if HALF:
         return tl.dot(a.to(b.dtype), b)
     return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=F32_DOT)
@@ -175,17 +176,18 @@ def _slot_block(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_ptr, k
 
 @triton.jit
 def _logits(q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, k_c, ksq_c, p_c, log_size_c, s_c, g_c,
-            valid_c, scale, DISTANCE: tl.constexpr, HAS_POS: tl.constexpr, HALF: tl.constexpr):
+            valid_c, scale, DISTANCE: tl.constexpr, HAS_POS: tl.constexpr, HALF: tl.constexpr,
+            F32_DOT: tl.constexpr):
     """Tile of rows ``B`` and columns ``C``: ``F(B)`` where ``B = C``, else ``log|C| + e_BC``.
 
     ``-inf`` where ``B`` and ``C`` are not siblings or either is padding. Also returns the
     diagonal mask ``B = C``.
     """
-    e = scale * _mm(q_r, tl.trans(k_c), HALF)
+    e = scale * _mm(q_r, tl.trans(k_c), HALF, F32_DOT)
     if DISTANCE:
         e -= 0.5 * scale * (qsq_r[:, None] + ksq_c[None, :])
     if HAS_POS:
-        e += _mm(p_r, tl.trans(p_c), False)
+        e += _mm(p_r, tl.trans(p_c), False, F32_DOT)
     diag = s_r[:, None] == s_c[None, :]
     logits = tl.where(diag, f_r[:, None], e + log_size_c[None, :])
     siblings = (g_r[:, None] == g_c[None, :]) & valid_r[:, None] & valid_c[None, :]
@@ -201,7 +203,8 @@ def hsa_up_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_ptr,
                   W: tl.constexpr, G: tl.constexpr, BR: tl.constexpr, NUM_CHUNKS: tl.constexpr,
                   BDK: tl.constexpr, BDV: tl.constexpr, BDP: tl.constexpr,
                   CONTIG: tl.constexpr, HAS_LEAVES: tl.constexpr, HAS_FAMILIES: tl.constexpr,
-                  DISTANCE: tl.constexpr, HAS_POS: tl.constexpr, HALF: tl.constexpr):
+                  DISTANCE: tl.constexpr, HAS_POS: tl.constexpr, HALF: tl.constexpr,
+                  F32_DOT: tl.constexpr):
     """One bucket of the up pass, for ``G`` families and batch row ``z = program_id(1)``.
 
     Per child ``B``: ``L(B)`` into ``lse[z, B]``; ``R(B)`` into ``sentf`` (families) or ``rloc``
@@ -225,6 +228,13 @@ def hsa_up_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_ptr,
                 fam_idx_ptr, slot_ptr, weight_ptr, log_size_ptr, pid, rc * BR, z, n_fam, width,
                 leaf_start, N, M1, d_k, d_v, d_p, scale, BR, W, G, BDK, BDV, BDP, CONTIG,
                 HAS_LEAVES, HAS_FAMILIES, DISTANCE, HAS_POS)
+        # a mean over A is the weighted mean over its children
+        q_fam += _per_family_rows(w_r[:, None] * q_r.to(tl.float32), G)
+        k_fam += _per_family_rows(w_r[:, None] * k_r.to(tl.float32), G)
+        v_fam += _per_family_rows(w_r[:, None] * v_r.to(tl.float32), G)
+        if DISTANCE:
+            qsq_fam += _per_family(w_r * qsq_r, G)
+            ksq_fam += _per_family(w_r * ksq_r, G)
         # online log-sum-exp over the siblings C, and R(B) = sum_C P[B, C] v_C
         m_i = tl.full((BR,), NEG_INF, tl.float32)
         l_i = tl.zeros((BR,), tl.float32)
@@ -241,14 +251,15 @@ def hsa_up_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_ptr,
                         z, n_fam, width, leaf_start, N, M1, d_k, d_v, d_p, scale, BR, W, G, BDK,
                         BDV, BDP, CONTIG, HAS_LEAVES, HAS_FAMILIES, DISTANCE, HAS_POS)
             logits, diag = _logits(q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, k_c, ksq_c, p_c,
-                                   ls_c, s_c, g_c, valid_c, scale, DISTANCE, HAS_POS, HALF)
+                                   ls_c, s_c, g_c, valid_c, scale, DISTANCE, HAS_POS, HALF,
+                                   F32_DOT)
             m_new = tl.maximum(m_i, tl.max(logits, 1))
             m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(logits - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             p = tl.where(diag & fam_r[:, None], 0.0, p)  # a family keeps mu(B) for its subtree
-            acc = acc * alpha[:, None] + _mm(p, v_c, HALF)
+            acc = acc * alpha[:, None] + _mm(p, v_c, HALF, F32_DOT)
             m_i = m_new
         l_safe = tl.where(valid_r, l_i, 1.0)
         lse_r = tl.where(valid_r, m_i + tl.log(l_safe), 0.0)  # L(B)
@@ -256,14 +267,7 @@ def hsa_up_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_ptr,
         tl.store(lse_ptr + z * (N + M1 - 1) + node_r, lse_r, mask=valid_r)
         _store_rows(rloc_ptr, sentf_ptr, r_r, z, node_r, leaf_r, fam_r, N, M1, cv, d_v,
                     HAS_LEAVES, HAS_FAMILIES)
-        # F(A) = sum_B |B|/|A| L(B); a mean over A is the weighted mean over its children
-        f_fam += _per_family(w_r * lse_r, G)
-        q_fam += _per_family_rows(w_r[:, None] * q_r.to(tl.float32), G)
-        k_fam += _per_family_rows(w_r[:, None] * k_r.to(tl.float32), G)
-        v_fam += _per_family_rows(w_r[:, None] * v_r.to(tl.float32), G)
-        if DISTANCE:
-            qsq_fam += _per_family(w_r * qsq_r, G)
-            ksq_fam += _per_family(w_r * ksq_r, G)
+        f_fam += _per_family(w_r * lse_r, G)  # F(A) = sum_B |B|/|A| L(B)
 
     fi = pid * G + tl.arange(0, G)
     ok = fi < n_fam
@@ -390,7 +394,8 @@ def _adjoint_rows(gy_ptr, guf_ptr, glogwf_ptr, dlt_ptr, lse_ptr, logw_ptr, gff_p
 @triton.jit
 def _grad_logits(q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, fam_r, lse_r, w_a_r, gu_r, glogmu_r,
                  d_r, wgf_r, k_c, v_c, ksq_c, p_c, ls_c, s_c, g_c, valid_c, scale,
-                 DISTANCE: tl.constexpr, HAS_POS: tl.constexpr, HALF: tl.constexpr):
+                 DISTANCE: tl.constexpr, HAS_POS: tl.constexpr, HALF: tl.constexpr,
+                 F32_DOT: tl.constexpr):
     """Gradient ``g`` of the loss in ``logits[B, C]`` over a tile, and ``P'``, the part of
     ``P`` in ``R(B)`` (``P`` without the diagonal of family rows):
 
@@ -398,10 +403,10 @@ def _grad_logits(q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, fam_r, lse_r, w_a_r, g
     with ``gP'[B, C] = W(A) gU(B) . v_C``; also returns the diagonal mask.
     """
     logits, diag = _logits(q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, k_c, ksq_c, p_c, ls_c, s_c,
-                           g_c, valid_c, scale, DISTANCE, HAS_POS, HALF)
+                           g_c, valid_c, scale, DISTANCE, HAS_POS, HALF, F32_DOT)
     prob = tl.exp(logits - lse_r[:, None])
     kept = tl.where(diag & fam_r[:, None], 0.0, prob)
-    g_kept = w_a_r[:, None] * _mm(gu_r, tl.trans(v_c), HALF)
+    g_kept = w_a_r[:, None] * _mm(gu_r, tl.trans(v_c), HALF, F32_DOT)
     g = kept * g_kept + prob * (wgf_r - glogmu_r - d_r)[:, None]
     g += tl.where(diag, glogmu_r[:, None], 0.0)
     return g, kept, diag
@@ -492,7 +497,7 @@ def hsa_up_bwd_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_
                       NUM_CHUNKS: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
                       BDP: tl.constexpr, CONTIG: tl.constexpr, HAS_LEAVES: tl.constexpr,
                       HAS_FAMILIES: tl.constexpr, DISTANCE: tl.constexpr, HAS_POS: tl.constexpr,
-                      HALF: tl.constexpr):
+                      HALF: tl.constexpr, F32_DOT: tl.constexpr):
     """Adjoint of one bucket of the up pass (buckets in reverse order: parents first).
 
     Reads the family's own gradients ``gF(A)``, ``g mean q(A)``, ... (zero for roots) and writes
@@ -511,17 +516,17 @@ def hsa_up_bwd_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_
             valid, leaf, fam, w, N, M1, d_v, BDV, HAS_LEAVES, HAS_FAMILIES)
         gl, kept, diag = _grad_logits(q, q_sq, p, f, s, g, valid, fam, lse, w_a, gu, glogmu, d,
                                       wgf, k, v, k_sq, p, ls, s, g, valid, scale, DISTANCE,
-                                      HAS_POS, HALF)
+                                      HAS_POS, HALF, F32_DOT)
         g_off = tl.where(diag, 0.0, gl)  # d/d e_BC
         g_diag = tl.sum(tl.where(diag, gl, 0.0), 1)  # d/dF(B)
-        gq = _mm(g_off, k, HALF)
-        gk = _mm(tl.trans(g_off), q, HALF)
-        gv = _mm(tl.trans(kept * w_a[:, None]), gu, HALF)
+        gq = _mm(g_off, k, HALF, F32_DOT)
+        gk = _mm(tl.trans(g_off), q, HALF, F32_DOT)
+        gv = _mm(tl.trans(kept * w_a[:, None]), gu, HALF, F32_DOT)
         gp_r = tl.zeros((BR, BDP), tl.float32)
         gp_c = tl.zeros((BR, BDP), tl.float32)
         if HAS_POS:
-            gp_r = _mm(g_off, p, False)
-            gp_c = _mm(tl.trans(g_off), p, False)
+            gp_r = _mm(g_off, p, False, F32_DOT)
+            gp_c = _mm(tl.trans(g_off), p, False, F32_DOT)
         _finish_rows(dq_ptr, gqf_ptr, gff_ptr, gqsqf_ptr, gpos_r_ptr, gq, tl.sum(g_off, 1), gp_r,
                      g_diag, q, k, p, w, fam_id, z, node, valid, leaf, fam, N, M1, d_k, d_p,
                      scale, BDK, BDP, HAS_LEAVES, HAS_FAMILIES, DISTANCE, HAS_POS)
@@ -555,13 +560,13 @@ def hsa_up_bwd_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_
                 gl, kept, diag = _grad_logits(
                     q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, fam_r, lse_r, w_a_r, gu_r, glogmu_r,
                     d_r, wgf_r, k_c, v_c, ksq_c, p_c, ls_c, s_c, g_c, valid_c, scale, DISTANCE,
-                    HAS_POS, HALF)
+                    HAS_POS, HALF, F32_DOT)
                 g_off = tl.where(diag, 0.0, gl)
                 g_diag += tl.sum(tl.where(diag, gl, 0.0), 1)
-                gq += _mm(g_off, k_c, HALF)
+                gq += _mm(g_off, k_c, HALF, F32_DOT)
                 rs += tl.sum(g_off, 1)
                 if HAS_POS:
-                    gp += _mm(g_off, p_c, False)
+                    gp += _mm(g_off, p_c, False, F32_DOT)
             _finish_rows(dq_ptr, gqf_ptr, gff_ptr, gqsqf_ptr, gpos_r_ptr, gq, rs, gp, g_diag,
                          q_r, k_r, p_r, w_r, fam_id_r, z, node_r, valid_r, leaf_r, fam_r, N, M1,
                          d_k, d_p, scale, BDK, BDP, HAS_LEAVES, HAS_FAMILIES, DISTANCE, HAS_POS)
@@ -592,14 +597,14 @@ def hsa_up_bwd_kernel(q_ptr, k_ptr, v_ptr, qf_ptr, kf_ptr, vf_ptr, ff_ptr, qsqf_
                 gl, kept, diag = _grad_logits(
                     q_r, qsq_r, p_r, f_r, s_r, g_r, valid_r, fam_r, lse_r, w_a_r, gu_r, glogmu_r,
                     d_r, wgf_r, k_c, v_c, ksq_c, p_c, ls_c, s_c, g_c, valid_c, scale, DISTANCE,
-                    HAS_POS, HALF)
+                    HAS_POS, HALF, F32_DOT)
                 g_off = tl.where(diag, 0.0, gl)
                 g_diag += tl.sum(tl.where(diag, gl, 0.0), 0)
-                gk += _mm(tl.trans(g_off), q_r, HALF)
-                gv += _mm(tl.trans(kept * w_a_r[:, None]), gu_r, HALF)
+                gk += _mm(tl.trans(g_off), q_r, HALF, F32_DOT)
+                gv += _mm(tl.trans(kept * w_a_r[:, None]), gu_r, HALF, F32_DOT)
                 cs += tl.sum(g_off, 0)
                 if HAS_POS:
-                    gp += _mm(tl.trans(g_off), p_r, False)
+                    gp += _mm(tl.trans(g_off), p_r, False, F32_DOT)
             _finish_cols(dk_ptr, dv_ptr, gkf_ptr, gvf_ptr, gksqf_ptr, gpos_c_ptr, gk, gv, cs, gp,
                          g_diag, q_c, k_c, p_c, w_c, fam_id_c, z, node_c, valid_c, leaf_c, fam_c,
                          N, M1, d_k, d_v, d_p, scale, BDK, BDV, BDP, HAS_LEAVES, HAS_FAMILIES,

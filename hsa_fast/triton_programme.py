@@ -46,9 +46,10 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "triton")
-TILE = 64  # families of up to TILE children are one tile
-CHUNK = 32  # wider families are swept in chunks of CHUNK children
-MIN_ROWS = 32  # narrower families are packed several to a tile of MIN_ROWS slots
+HALF_TILE = 64  # families of up to 64 children are one tile of half-precision products,
+F32_TILE = 32  # of up to 32 of float32 products (their tiles take more registers and memory);
+CHUNK = 32  # wider families are swept in chunks of 32 children,
+MIN_ROWS = 32  # and narrower ones packed several to a tile of 32 slots
 MIN_DOT = 16  # tl.dot needs at least 16 along the reduced dimension
 MAX_FEATURES = 256  # d_k, d_v, d_p above this go to the PyTorch programme
 MAX_BATCH = 65535  # the batch is the second grid dimension
@@ -96,8 +97,8 @@ class _Bucket:
 
     ``slots`` ``(f * w,)`` int32: the node id of each child slot (``-1`` for padding; unused
     when ``contiguous``: slot ``s`` then holds leaf ``leaf_start + s``); ``weight`` and
-    ``log_size`` ``(f * w,)`` float32. A program owns ``group`` families of ``padded`` slots
-    (``width`` rounded up to a power of two), swept in ``chunks`` tiles of ``rows`` slots.
+    ``log_size`` ``(f * w,)`` float32. ``padded`` is ``width`` rounded up to a power of two;
+    :func:`_tiling` says how programs cover the families.
     """
 
     families: torch.Tensor
@@ -111,14 +112,7 @@ class _Bucket:
     has_leaves: bool
     has_families: bool
     padded: int
-    group: int
-    rows: int
-    chunks: int
-    launch_args: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def programs(self) -> int:
-        return -(-self.num_families // self.group)
+    launch: dict = field(default_factory=dict, compare=False, repr=False)  # by dtype
 
 
 @dataclass(frozen=True)
@@ -144,11 +138,6 @@ def _plan_bucket(b: FamilyBucket, n: int, m: int) -> _Bucket:
     else:
         family_node = torch.where(b.slot_family < m, b.slot_family + n, -1)
         slots = torch.where(b.slot_is_leaf, b.slot_leaf, family_node).to(torch.int32)
-    padded = _pow2(w)
-    if padded <= TILE:
-        rows, chunks = max(padded, MIN_ROWS), 1
-    else:
-        rows, chunks = CHUNK, padded // CHUNK
     return _Bucket(
         families=b.family.to(torch.int32),
         slots=slots.contiguous(),
@@ -160,10 +149,7 @@ def _plan_bucket(b: FamilyBucket, n: int, m: int) -> _Bucket:
         contiguous=b.leaf_start is not None,
         has_leaves=b.has_leaves or b.leaf_start is not None,
         has_families=b.has_families,
-        padded=padded,
-        group=rows // padded if chunks == 1 else 1,
-        rows=rows,
-        chunks=chunks,
+        padded=_pow2(w),
     )
 
 
@@ -260,33 +246,43 @@ def choose_backend(
 
 
 # ----------------------------------------------------------------------------- launches
-def _bucket_args(b: _Bucket, dtype: torch.dtype) -> dict:
-    """Launch arguments describing bucket ``b`` (and its launch shape) for inputs of ``dtype``;
+def _tiling(padded: int, half: bool) -> tuple[int, int, int]:
+    """``(group, rows, chunks)``: a program owns ``group`` families of ``padded`` slots, swept in
+    ``chunks`` tiles of ``rows`` slots (one tile unless the families are wider than a tile)."""
+    if padded <= (HALF_TILE if half else F32_TILE):
+        rows = max(padded, MIN_ROWS)
+        return rows // padded, rows, 1
+    return 1, CHUNK, padded // CHUNK
+
+
+def _bucket_args(b: _Bucket, dtype: torch.dtype) -> tuple[int, dict]:
+    """The number of programs and the launch arguments of bucket ``b`` for inputs of ``dtype``;
     built once per dtype, not to be modified."""
-    args = b.launch_args.get(dtype)
-    if args is not None:
-        return args
-    return b.launch_args.setdefault(
-        dtype,
-        {
-            "fam_idx_ptr": b.families,
-            "slot_ptr": b.slots,
-            "weight_ptr": b.weight,
-            "log_size_ptr": b.log_size,
-            "n_fam": b.num_families,
-            "width": b.width,
-            "leaf_start": b.leaf_start,
-            "W": b.padded,
-            "G": b.group,
-            "BR": b.rows,
-            "NUM_CHUNKS": b.chunks,
-            "CONTIG": b.contiguous,
-            "HAS_LEAVES": b.has_leaves,
-            "HAS_FAMILIES": b.has_families,
-            "HALF": _half(b, dtype),
-            "num_warps": 8 if b.rows >= TILE else 4,
-        },
-    )
+    launch = b.launch.get(dtype)
+    if launch is not None:
+        return launch
+    half = _half(b, dtype)
+    group, rows, chunks = _tiling(b.padded, half)
+    args = {
+        "fam_idx_ptr": b.families,
+        "slot_ptr": b.slots,
+        "weight_ptr": b.weight,
+        "log_size_ptr": b.log_size,
+        "n_fam": b.num_families,
+        "width": b.width,
+        "leaf_start": b.leaf_start,
+        "W": b.padded,
+        "G": group,
+        "BR": rows,
+        "NUM_CHUNKS": chunks,
+        "CONTIG": b.contiguous,
+        "HAS_LEAVES": b.has_leaves,
+        "HAS_FAMILIES": b.has_families,
+        "HALF": half,
+        "F32_DOT": "tf32x3" if dtype == torch.float32 else "tf32",
+        "num_warps": 4,
+    }
+    return b.launch.setdefault(dtype, (-(-b.num_families // group), args))
 
 
 def _sizes(
@@ -376,9 +372,9 @@ def _forward(
     sizes = _sizes(q, v, pos, plan, scale, distance)
     pos_arg = pos if pos is not None else ff
     for b in plan.buckets:
-        kern.hsa_up_kernel[(b.programs, z)](
-            q, k, v, qf, kf, vf, ff, qsqf, ksqf, lse, sentf, rloc, pos_arg,
-            **_bucket_args(b, q.dtype), **sizes,
+        programs, args = _bucket_args(b, q.dtype)
+        kern.hsa_up_kernel[(programs, z)](
+            q, k, v, qf, kf, vf, ff, qsqf, ksqf, lse, sentf, rloc, pos_arg, **args, **sizes,
         )  # fmt: skip
     bdv = _block(d_v)
     rows = max(1, BLOCK_ELEMENTS // bdv)
@@ -413,8 +409,9 @@ def _backward(
     # adjoint of the down pass, children first
     guf, glogwf, dlt = _buffers(q.device, False, (z, m1, d_v), (z, m1), (z, n + m1 - 1))
     for b in plan.buckets:
-        args = {name: x for name, x in _bucket_args(b, q.dtype).items() if name != "HALF"}
-        kern.hsa_down_bwd_kernel[(b.programs, z)](
+        programs, args = _bucket_args(b, q.dtype)
+        args = {name: x for name, x in args.items() if name not in ("HALF", "F32_DOT")}
+        kern.hsa_down_bwd_kernel[(programs, z)](
             gy, st.rloc, st.sentf, st.logw, guf, glogwf, dlt, **args, N=n, M1=m1, d_v=d_v, BDV=bdv,
         )  # fmt: skip
     # adjoint of the up pass, parents first; roots get no gradient from above
@@ -428,10 +425,11 @@ def _backward(
     sizes = _sizes(q, v, pos, plan, scale, distance)
     pos_arg = pos if pos is not None else gff
     for b in reversed(plan.buckets):
-        kern.hsa_up_bwd_kernel[(b.programs, z)](
+        programs, args = _bucket_args(b, q.dtype)
+        kern.hsa_up_bwd_kernel[(programs, z)](
             q, k, v, st.qf, st.kf, st.vf, st.ff, st.qsqf, st.ksqf, pos_arg, st.lse, st.logw,
             gy, guf, glogwf, dlt, dq, dk, dv, gqf, gkf, gvf, gff, gqsqf, gksqf, gpos_r, gpos_c,
-            **_bucket_args(b, q.dtype), **sizes,
+            **args, **sizes,
         )  # fmt: skip
     if plan.root_leaves.numel():  # a one-leaf tree returns v
         roots = plan.root_leaves

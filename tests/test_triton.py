@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 
 import hsa_fast.api
 from hsa_fast import compile_hierarchy, hsa
-from hsa_fast.triton_programme import choose_backend, triton_interpreted, triton_plan
+from hsa_fast.triton_programme import (
+    _bucket_args,
+    choose_backend,
+    triton_interpreted,
+    triton_plan,
+)
 from hsa_ref import Hierarchy
 from hsa_ref.strategies import hierarchies, hsa_cases
 from hsa_ref.tolerance import compare_to_reference
@@ -241,9 +246,13 @@ def test_plan_covers_every_family_once():
         seen = sorted(f for b in plan.buckets for f in b.families.tolist())
         assert seen == list(range(h.num_families))
         for b in plan.buckets:
-            assert b.rows * b.chunks == b.group * b.padded >= b.width
-            assert b.rows >= 16
             assert b.padded & (b.padded - 1) == 0
+            assert b.width <= b.padded < 2 * b.width
+            for dtype in (torch.float32, torch.bfloat16):
+                programs, args = _bucket_args(b, dtype)
+                assert args["BR"] >= 16  # tl.dot reduces over at least 16
+                assert args["BR"] * args["NUM_CHUNKS"] == args["G"] * b.padded
+                assert (programs - 1) * args["G"] < b.num_families <= programs * args["G"]
 
 
 def test_no_grad_forward_equals_grad_forward():
