@@ -211,7 +211,7 @@ def triton_unsupported(
     too_wide = {name: d for name, d in widths.items() if d > MAX_FEATURES}
     if too_wide:
         return f"feature sizes above {MAX_FEATURES} are not supported, got {too_wide}"
-    batch = q[..., 0, 0].numel()
+    batch = math.prod(q.shape[:-2])
     if batch > MAX_BATCH:
         return f"the flattened batch {batch} exceeds {MAX_BATCH}"
     if num_nodes * max(widths.values()) >= 2**31:  # offsets within a batch row are int32
