@@ -572,7 +572,8 @@ def _label(layers: Sequence[int], num_layers: int) -> str:
     if not layers:
         return f"none (k={num_layers})"
     if list(layers) == list(range(layers[0], num_layers)):
-        return f"k={layers[0]} ({layers[0]}-{num_layers - 1})"
+        span = f"{layers[0]}-{num_layers - 1}" if len(layers) > 1 else f"{layers[0]}"
+        return f"k={layers[0]} ({span})"
     return ",".join(map(str, layers))
 
 
@@ -660,7 +661,7 @@ def write_table(result: dict[str, Any], path: Path) -> str:
         f"{result['num_pairs']} query/document pairs ({result['num_texts']} texts, "
         f"{result['tokens_mean']:.1f} tokens on average, at most {result['tokens_max']}) from "
         f"{result['corpus']}; Python {result['python']}, torch {result['torch']}, HSA backend "
-        f"`{result['backend']}`, {result.get('threads', '?')} torch threads, "
+        f"`{result['backend']}`, torch threads: {result.get('threads', '?')}, "
         f"{result.get('seconds', 0):.0f} s in all ({result.get('cpu_seconds', 0):.0f} s of CPU "
         "time). Unmodified model: retrieval "
         f"top-1 {result['baseline']['top1']:.4f}, MRR {result['baseline']['mrr']:.4f}.\n\n"
@@ -691,6 +692,52 @@ def write_table(result: dict[str, Any], path: Path) -> str:
     return text
 
 
+_LABEL_OFFSETS = [(0, 8), (0, -8), (9, 0), (-9, 0), (8, 8), (-8, 8), (8, -8), (-8, -8)]
+_LABEL_OFFSETS += [(0, 16), (0, -16), (17, 0), (-17, 0), (15, 12), (-15, 12), (15, -12)]
+
+
+def _place_labels(ax: Any, labels: list[tuple[float, float, str, Any]], obstacles) -> None:
+    """Write each label next to its point, greedily avoiding other labels and the markers.
+
+    ``labels``: ``(x, y, text, color)`` in data coordinates; ``obstacles``: ``(x, y, radius
+    in points)`` of markers. Call once the figure layout is final (after a draw).
+    """
+    px = ax.figure.dpi / 72
+    half_w, half_h = 4.5 * px, 5.5 * px
+
+    def box(cx: float, cy: float, hw: float, hh: float) -> tuple[float, ...]:
+        return (cx - hw, cy - hh, cx + hw, cy + hh)
+
+    def overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    taken = []
+    for x, y, radius in obstacles:
+        cx, cy = ax.transData.transform((x, y))
+        taken.append(box(cx, cy, radius * px, radius * px))
+    for x, y, text, color in labels:
+        cx, cy = ax.transData.transform((x, y))
+        choice = _LABEL_OFFSETS[0]
+        for dx, dy in _LABEL_OFFSETS:
+            candidate = box(cx + dx * px, cy + dy * px, half_w, half_h)
+            if not any(overlaps(candidate, other) for other in taken):
+                choice = (dx, dy)
+                break
+        taken.append(box(cx + choice[0] * px, cy + choice[1] * px, half_w, half_h))
+        note = ax.annotate(
+            text,
+            (x, y),
+            xytext=choice,
+            textcoords="offset points",
+            ha="center",
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            color=color,
+        )
+        note.set_in_layout(False)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Fidelity (Spearman, retrieval MRR) against FLOPs saved: a line per hierarchy, k marked."""
     import matplotlib
@@ -702,12 +749,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     rows = [r for r in result["rows"] if r["hierarchy"] != "flat"]
     kinds = list(dict.fromkeys(r["hierarchy"] for r in rows))
     colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), constrained_layout=True)
     panels = [
         ("spearman", "Spearman rho of pairwise similarities\nvs. unmodified model"),
         ("mrr", "retrieval: mean reciprocal rank"),
     ]
+    pending = []
     for ax, (metric, ylabel) in zip(axes, panels, strict=True):
+        labels, obstacles = [], []
         for c, kind in enumerate(kinds):
             sweep = sorted(
                 (r for r in rows if r["hierarchy"] == kind and r["k"] is not None),
@@ -716,27 +765,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
             alt = [r for r in rows if r["hierarchy"] == kind and r["k"] is None]
             xs = [100 * r["saved_model"] for r in sweep]
             ys = [r[metric] for r in sweep]
-            ax.plot(xs, ys, "-", color=colors(c), lw=1.2, alpha=0.7, label=kind)
-            for r in sweep:
-                ax.plot(
-                    100 * r["saved_model"],
-                    r[metric],
-                    marker=f"${r['k']}$",
-                    ms=8,
-                    color=colors(c),
-                    ls="none",
-                )
+            ax.plot(xs, ys, "o-", color=colors(c), lw=1.2, ms=4, alpha=0.8, label=kind)
+            labels += [
+                (x, y, str(r["k"]), colors(c)) for x, y, r in zip(xs, ys, sweep, strict=True)
+            ]
+            obstacles += [(x, y, 3) for x, y in zip(xs, ys, strict=True)]
+            alt_xy = [(100 * r["saved_model"], r[metric]) for r in alt]
             ax.plot(
-                [100 * r["saved_model"] for r in alt],
-                [r[metric] for r in alt],
+                [x for x, _ in alt_xy],
+                [y for _, y in alt_xy],
                 "D",
                 mfc="none",
-                mew=0.9,
+                mew=1.0,
                 color=colors(c),
-                ms=12,
+                ms=8,
                 ls="none",
-                zorder=1,
             )
+            obstacles += [(x, y, 5) for x, y in alt_xy]
         if metric == "mrr":
             ax.axhline(
                 result["baseline"]["mrr"], color="0.4", ls="--", lw=1, label="unmodified model"
@@ -745,16 +790,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ticks = [2, 5, 10, 20, 50, 100]
         ax.set_xticks(ticks, [f"{t}%" for t in ticks])
         ax.set_xticks([], minor=True)
+        ax.set_xlim(left=min(1.5, *(100 * r["saved_model"] * 0.8 for r in rows)), right=100)
+        ax.margins(y=0.08)
         ax.set_xlabel(f"attention FLOPs saved over all {num_layers} layers (log scale)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    handles, labels = axes[1].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], marker="D", mfc="none", ms=9, color="0.3", ls="none"))
-    labels.append("alternating layers\n(1,3,5 and 3,5)")
-    fig.legend(handles, labels, loc="outside right center", title="hierarchy")
+        pending.append((ax, labels, obstacles))
+    handles, names = axes[1].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], marker="D", mfc="none", ms=8, color="0.3", ls="none"))
+    names.append("alternating layers\n(1,3,5 and 3,5)")
+    fig.legend(handles, names, loc="outside right center", title="hierarchy")
     fig.suptitle(
-        f"Zero-shot HSA in {result['model']}: digits mark k (layers k..{num_layers - 1} replaced)"
+        f"Zero-shot HSA in {result['model']}: numbers are k (layers k..{num_layers - 1} "
+        "replaced by HSA)"
     )
+    fig.canvas.draw()  # fixes the layout, so label placement sees final pixel positions
+    for ax, labels, obstacles in pending:
+        _place_labels(ax, labels, obstacles)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -768,12 +820,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--hierarchies", nargs="+", default=list(HIERARCHIES))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1, steady on shared CPUs; 0: torch's default)",
+    )
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    try:
+        _run(args)
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
-    torch.manual_seed(0)
     encoder = load_encoder()
     pairs = load_corpus(args.pairs)
     result = run_experiment(
@@ -790,7 +855,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {args.out}/table.md, results.json, fidelity_vs_flops.png "
         f"in {time.perf_counter() - t0:.0f}s"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -226,7 +226,9 @@ def test_alternating_layers():
 
 
 def test_main_writes_table_json_and_plot(tmp_path, capsys):
+    threads = torch.get_num_threads()
     assert zs.main(["--out", str(tmp_path), "--pairs", "2", "--hierarchies", "chunks-8"]) == 0
+    assert torch.get_num_threads() == threads  # restored after the run
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["num_pairs"] == 2
     assert len(result["rows"]) == 8  # k = 0..5 and two alternating sets
