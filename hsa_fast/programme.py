@@ -58,6 +58,13 @@ def _write_back(
         family.index_copy_(1, bucket.family_ids, values.index_select(1, bucket.family_slots))
 
 
+def _small_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` over many tiny matrices; for inner size <= 2 a broadcast sum beats ``bmm``."""
+    if a.shape[-1] <= 2:
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+    return a @ b
+
+
 def hsa_programme(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -108,7 +115,11 @@ def hsa_programme(
         k_c = _children(bucket, k, k_fam, 1)
         v_c = _children(bucket, v, v_fam, 1)
         f_c = _children(bucket, f_leaf, f_fam, 1)  # F(B): (Z, f, w)
-        energies = scale * (q_c @ k_c.transpose(-1, -2))  # e_BC: (Z, f, w, w)
+        # e_BC: (Z, f, w, w); for w <= 2 a broadcast product beats bmm on tiny matrices
+        if w <= 2:
+            energies = scale * (q_c.unsqueeze(-2) * k_c.unsqueeze(-3)).sum(-1)
+        else:
+            energies = scale * (q_c @ k_c.transpose(-1, -2))
         if energy == "distance":
             q_sq = _children(bucket, q_sq_leaf, q_sq_fam, 1)
             k_sq = _children(bucket, k_sq_leaf, k_sq_fam, 1)
@@ -125,11 +136,11 @@ def hsa_programme(
         share = torch.exp(logits - log_z.unsqueeze(-1))  # mu(B) on the diagonal, delta(B, C) off
         f_fam.index_copy_(1, fam, (log_z * weight).sum(-1))  # F(A) = sum_B |B|/|A| L(B)
         mean = weight.unsqueeze(1)  # (f, 1, w): mean over A = weighted mean over children
-        q_fam.index_copy_(1, fam, (mean @ q_c).squeeze(-2))
-        k_fam.index_copy_(1, fam, (mean @ k_c).squeeze(-2))
-        v_fam.index_copy_(1, fam, (mean @ v_c).squeeze(-2))
+        q_fam.index_copy_(1, fam, _small_bmm(mean, q_c).squeeze(-2))
+        k_fam.index_copy_(1, fam, _small_bmm(mean, k_c).squeeze(-2))
+        v_fam.index_copy_(1, fam, _small_bmm(mean, v_c).squeeze(-2))
         eye = torch.eye(w, dtype=torch.bool, device=share.device)
-        sent = share.masked_fill(eye, 0.0) @ v_c  # (Z, f, w, d_v)
+        sent = _small_bmm(share.masked_fill(eye, 0.0), v_c)  # (Z, f, w, d_v)
         _write_back(bucket, (f_c - log_z).flatten(1, 2), log_mu_leaf, log_mu_fam)
         _write_back(bucket, sent.flatten(1, 2), sent_leaf, sent_fam)
 
