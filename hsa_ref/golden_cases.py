@@ -29,8 +29,14 @@ import numpy as np
 import torch
 
 from .hierarchy import Hierarchy
-from .reference import hsa_reference, score_matrix, tree_mask
-from .tolerance import ATOL_FACTOR, FLOAT32_RELATIVE, FLOAT32_RELATIVE_MAX_SCORE, agreement
+from .reference import hsa_reference
+from .tolerance import (
+    ATOL_FACTOR,
+    FLOAT32_RELATIVE,
+    FLOAT32_RELATIVE_MAX_SCORE,
+    agreement,
+    score_magnitude,
+)
 
 __all__ = [
     "CASE_FORMAT",
@@ -299,15 +305,6 @@ def _float32_exact(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32).astype(np.float64))
 
 
-def _score_max(case_q, case_k, h, scale, energy, positions) -> float:
-    """Largest ``|s_ij|`` within a tree (plus ``max |<p_x, p_y>|``), as ``hsa_ref.tolerance``."""
-    s = score_matrix(case_q, case_k, scale=scale, energy=energy)
-    score_max = s.abs().masked_fill(~tree_mask(h), 0).max().item()
-    if positions is not None:
-        score_max += (positions @ positions.T).abs().max().item()
-    return score_max
-
-
 def tolerance_record(
     out: torch.Tensor,
     out_float32: torch.Tensor,
@@ -367,14 +364,14 @@ def build_case(spec: CaseSpec) -> GoldenCase:
     scale = spec.scale
     if spec.max_score is not None:
         # Four significant digits keep the scale identical on every machine.
-        unit = _score_max(q, k, h, 1.0, spec.energy, None)
+        unit = score_magnitude(q, k, h, scale=1.0, energy=spec.energy)
         scale = float(f"{spec.max_score / unit:.4g}")
     scale_value = 1.0 / math.sqrt(spec.d_k) if scale is None else float(scale)
     kw = {"scale": scale, "energy": spec.energy, "positions": pos}
     out = hsa_reference(q, k, v, h, **kw)
     kw32 = {**kw, "positions": pos.float() if pos is not None else None}
     out32 = hsa_reference(q.float(), k.float(), v.float(), h, **kw32, dtype=torch.float32).double()
-    score_max = _score_max(q, k, h, scale_value, spec.energy, pos)
+    score_max = score_magnitude(q, k, h, scale=scale_value, energy=spec.energy, positions=pos)
     value_max = v.abs().max().item()
     return GoldenCase(
         name=spec.name,

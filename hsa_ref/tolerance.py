@@ -25,7 +25,7 @@ from .hierarchy import Hierarchy
 from .reference import hsa_reference, score_matrix, tree_mask
 from .validation import check_attention_inputs
 
-__all__ = ["ATOL_FACTOR", "Agreement", "agreement", "compare_to_reference"]
+__all__ = ["ATOL_FACTOR", "Agreement", "agreement", "compare_to_reference", "score_magnitude"]
 
 ATOL_FACTOR = 16.0
 FLOAT32_RELATIVE = 1e-5
@@ -118,6 +118,25 @@ def agreement(
     )
 
 
+def score_magnitude(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    hierarchy: Hierarchy,
+    *,
+    scale: float,
+    energy: str,
+    positions: torch.Tensor | None = None,
+) -> float:
+    """``s_max``: the largest ``|s_ij|`` within a tree, plus ``max |<p_x, p_y>|`` with positions."""
+    s = score_matrix(q, k, scale=scale, energy=energy)
+    same_tree = tree_mask(hierarchy, s.device)
+    score_max = s.abs().masked_fill(~same_tree, 0).max().item() if s.numel() else 0.0
+    if positions is not None:
+        p = positions.double()
+        score_max += (p @ p.T).abs().max().item()
+    return score_max
+
+
 def compare_to_reference(
     out: torch.Tensor,
     q: torch.Tensor,
@@ -141,13 +160,13 @@ def compare_to_reference(
         if dtype == torch.float64
         else hsa_reference(checked.q, checked.k, checked.v, hierarchy, **kw, dtype=dtype)
     )
-    s = score_matrix(
-        checked.q.double(), checked.k.double(), scale=checked.scale, energy=checked.energy
+    score_max = score_magnitude(
+        checked.q.double(),
+        checked.k.double(),
+        hierarchy,
+        scale=checked.scale,
+        energy=checked.energy,
+        positions=checked.positions,
     )
-    same_tree = tree_mask(hierarchy, s.device)
-    score_max = s.abs().masked_fill(~same_tree, 0).max().item() if s.numel() else 0.0
-    if checked.positions is not None:
-        p = checked.positions.double()
-        score_max += (p @ p.T).abs().max().item()
     value_max = checked.v.double().abs().max().item() if checked.v.numel() else 0.0
     return agreement(out, ref64, ref_t, dtype=dtype, score_max=score_max, value_max=value_max)
