@@ -461,7 +461,6 @@ class _HSATriton(torch.autograd.Function):
         return dq, dk, dv, dpos, None, None, None
 
 
-@torch.compiler.disable  # torch.compile runs the kernels as they are, between graphs
 def hsa_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -477,7 +476,20 @@ def hsa_triton(
     The contract of :func:`hsa_fast.programme.hsa_programme` for float32, float16 and bfloat16
     (float32 accumulation), differentiable in ``q, k, v`` and ``positions`` (first order).
     Inputs are read as contiguous ``(Z, N, d)`` (a copy when their layout is not that).
+    ``torch.compile`` runs the kernels as they are, between graphs.
     """
+    run = _outside_compiled_graphs(_hsa_triton)
+    return run(q, k, v, layout, scale=scale, energy=energy, positions=positions)
+
+
+@functools.cache
+def _outside_compiled_graphs(fn):
+    # Applied on first use: torch.compiler.disable imports torch._dynamo, over a second of
+    # start-up that ``import hsa_fast`` should not pay.
+    return torch.compiler.disable(fn)
+
+
+def _hsa_triton(q, k, v, layout, *, scale, energy, positions):
     batch, n = q.shape[:-2], q.shape[-2]
     d_v = v.shape[-1]
     q3, k3, v3 = (x.reshape(-1, n, x.shape[-1]).contiguous() for x in (q, k, v))
