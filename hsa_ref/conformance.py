@@ -22,6 +22,7 @@ minimal failing example. Exit status: 0 all passed, 1 a check failed, 2 a usage 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import itertools
@@ -144,6 +145,27 @@ def load_impl(spec: str) -> Impl:
     if not callable(obj):
         raise UsageError(f"{spec} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def on_device(impl: Impl, device: str) -> Impl:
+    """``impl`` run on ``device``: inputs are moved there and the output back to the CPU.
+
+    Raises :class:`UsageError` for a device torch does not know or cannot reach.
+    """
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as exc:
+        raise UsageError(f"device {device!r} is not available: {exc}") from None
+
+    @functools.wraps(impl)  # keeps the signature that accepts_positions reads
+    def run(q, k, v, hierarchy, **kwargs):
+        if isinstance(kwargs.get("positions"), torch.Tensor):
+            kwargs["positions"] = kwargs["positions"].to(dev)
+        out = impl(q.to(dev), k.to(dev), v.to(dev), hierarchy, **kwargs)
+        return out.cpu() if isinstance(out, torch.Tensor) else out
+
+    return run
 
 
 def accepts_positions(impl: Impl) -> bool:
@@ -720,6 +742,9 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--impl", metavar="MODULE:FUNCTION", help="a Python implementation")
     target.add_argument("--outputs", metavar="DIR", help="a folder of hsa-output/1 files")
     p.add_argument("--dtype", default="float64", choices=sorted(DTYPES), help="(--impl only)")
+    p.add_argument(
+        "--device", default="cpu", help="run --impl on this torch device, e.g. cuda (--impl only)"
+    )
     p.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="per property")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed")
     p.add_argument("--golden", default=str(GOLDEN_DIR), metavar="DIR", help="golden folder")
@@ -741,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         impl = load_impl(args.impl) if args.impl else None
+        if impl is not None and args.device != "cpu":
+            impl = on_device(impl, args.device)
         report = run(
             impl,
             outputs=args.outputs,

@@ -19,8 +19,10 @@ from hsa_ref.conformance import (
     OUTPUT_FORMAT,
     PROPERTIES,
     UsageError,
+    accepts_positions,
     load_impl,
     main,
+    on_device,
     run,
 )
 from hsa_ref.golden_cases import load_cases
@@ -253,6 +255,25 @@ def test_main_exit_status(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--impl", "hsa_fast:hsa", "--outputs", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_device_option_moves_inputs_and_output():
+    golden_only = ["--golden-only", "--case", "positions", "--case", "pair"]
+    assert main(["--impl", "hsa_fast:hsa", "--device", "cpu", *golden_only]) == 0
+    seen = []
+
+    def spy(q, k, v, hierarchy, *, scale=None, energy="dot", positions=None):
+        seen.append({t.device.type for t in (q, k, v)})
+        return hsa(q, k, v, hierarchy, scale=scale, energy=energy, positions=positions)
+
+    moved = on_device(spy, "cpu")
+    assert accepts_positions(moved)
+    assert not run(moved, cases=["positions"], properties=[]).failures
+    assert seen == [{"cpu"}]
+    with pytest.raises(UsageError, match="not available"):
+        on_device(hsa, "no-such-device")
+    if not torch.cuda.is_available():
+        assert main(["--impl", "hsa_fast:hsa", "--device", "cuda", *golden_only]) == 2
 
 
 def _env() -> dict[str, str]:
