@@ -2,11 +2,14 @@
 
 Each case is one ``hsa-case/1`` JSON file (SPEC section 7) in ``hsa_ref/golden/``, listed in
 ``hsa_ref/golden/index.json``. Inputs are float64 numbers that are exactly representable in
-float32, so a float32 port reads exactly the inputs the reference saw. Every file stores
+float32, bfloat16 and float16, so a port in any of those dtypes reads exactly the inputs the
+reference saw. Every file stores
 
-- ``out``: the float64 reference output (``ref64``),
-- ``out_float32``: the reference evaluated in float32 (``ref_t`` for ``t = float32``),
-- ``tolerance``: the numbers of SPEC section 6's rule, so a port can apply it without Python.
+- ``out`` and ``grad_q``, ``grad_k``, ``grad_v`` (``grad_positions``): the float64 reference
+  output and its autograd gradients of ``sum(grad_out * out)`` for the stored ``grad_out``,
+- ``references``: the same quantities evaluated in float32, bfloat16 and float16 (``ref_t``),
+- ``tolerance``: the numbers of SPEC section 6's rule per dtype and quantity, so a port can
+  apply it without Python.
 
 Regenerate the set with ``python -m hsa_ref.golden_cases --write`` and check that the stored files
 still match a fresh generation with ``python -m hsa_ref.golden_cases --check``. The format is
@@ -29,12 +32,21 @@ import numpy as np
 import torch
 
 from .hierarchy import Hierarchy
-from .reference import hsa_reference
 from .tolerance import (
     ATOL_FACTOR,
+    DTYPES,
     FLOAT32_RELATIVE,
     FLOAT32_RELATIVE_MAX_SCORE,
+    MAX_ROUNDED_SCORE,
+    PERTURBATIONS,
+    REFERENCE_FACTOR,
+    Agreement,
     agreement,
+    eps,
+    evaluate_reference,
+    gradient_magnitude,
+    low_precision_dtype,
+    perturbation_errors,
     score_magnitude,
 )
 
@@ -55,9 +67,8 @@ __all__ = [
 
 CASE_FORMAT = "hsa-case/1"
 INDEX_FORMAT = "hsa-golden-index/1"
-SET_VERSION = 1
+SET_VERSION = 2
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 HUGE_SCORE = 1e4
 
 
@@ -68,7 +79,8 @@ class CaseSpec:
 
     ``scale=None`` means the default ``1/sqrt(d_k)`` (implementations are called with
     ``scale=None``); ``max_score`` instead picks the scale so that the largest ``|s_ij|`` within
-    a tree equals it. ``inputs`` is ``"normal"``, ``"keys_are_queries"`` or ``"repeated_rows"``.
+    a tree equals it. ``inputs`` is ``"normal"``, ``"keys_are_queries"`` or ``"repeated_rows"``;
+    ``offset`` is added to every entry of ``q`` and ``k`` (inputs far from the origin).
     """
 
     name: str
@@ -83,6 +95,7 @@ class CaseSpec:
     positions_dim: int = 0
     inputs: str = "normal"
     value_scale: float = 1.0
+    offset: float = 0.0
 
 
 def _random_nested(rng: random.Random, n: int, max_b: int, depth_left: int) -> Any:
@@ -164,52 +177,285 @@ def case_specs() -> list[CaseSpec]:
     mixed = _shuffled(random_tree(3, 30, 5, 5), 3)
     big = _shuffled(random_tree(5, 200, 9, 6), 5)
     return [
-        CaseSpec("one_leaf", "a one-leaf tree (the root is a leaf): returns v", Hierarchy.from_parents([-1], 1), 3, 2, 1),  # noqa: E501
-        CaseSpec("one_leaf_under_chain", "one leaf under three single-child families: returns v", Hierarchy.from_nested([[[0]]]), 4, 3, 2),  # noqa: E501
+        CaseSpec(
+            "one_leaf",
+            "a one-leaf tree (the root is a leaf): returns v",
+            Hierarchy.from_parents([-1], 1),
+            3,
+            2,
+            1,
+        ),
+        CaseSpec(
+            "one_leaf_under_chain",
+            "one leaf under three single-child families: returns v",
+            Hierarchy.from_nested([[[0]]]),
+            4,
+            3,
+            2,
+        ),
         CaseSpec("pair", "the smallest family: two leaves", one_family(2), 4, 4, 3),
-        CaseSpec("one_family", "one family over 7 leaves: softmax attention", one_family(7), 4, 5, 4),  # noqa: E501
-        CaseSpec("one_family_large_b", "one family with b = 96: softmax attention", one_family(96), 4, 3, 5, scale=0.75),  # noqa: E501
-        CaseSpec("balanced_binary", "balanced binary tree, N = 32, depth 5", Hierarchy.balanced(32, 2), 6, 4, 6),  # noqa: E501
-        CaseSpec("balanced_ternary", "balanced ternary tree, N = 27", Hierarchy.balanced(27, 3), 4, 4, 7),  # noqa: E501
-        CaseSpec("balanced_b8", "balanced tree of b = 8 over 64 leaves", Hierarchy.balanced(64, 8), 8, 4, 8),  # noqa: E501
-        CaseSpec("uneven_segments", "tokens / sentences / paragraphs of uneven lengths", Hierarchy.from_segments([[3, 5, 2, 4, 1, 3, 6], [2, 3, 2]]), 5, 3, 9),  # noqa: E501
-        CaseSpec("deep_chain", "caterpillar of depth 12: each family a subtree and one leaf", _caterpillar(12), 4, 3, 10),  # noqa: E501
-        CaseSpec("single_child_families", "chains of single-child families at several depths", single_children, 4, 3, 11),  # noqa: E501
-        CaseSpec("unbalanced", "unbalanced, mixed-depth tree with leaves beside families", unbalanced, 4, 4, 12),  # noqa: E501
-        CaseSpec("leaf_beside_big_family", "children of sizes 1, 20 and 3: the |B|/|A| weights", big_and_small, 4, 3, 13),  # noqa: E501
-        CaseSpec("large_b_in_deep_tree", "a family of 40 leaves beside small deep subtrees", large_b_deep, 4, 3, 14),  # noqa: E501
+        CaseSpec(
+            "one_family", "one family over 7 leaves: softmax attention", one_family(7), 4, 5, 4
+        ),
+        CaseSpec(
+            "one_family_large_b",
+            "one family with b = 96: softmax attention",
+            one_family(96),
+            4,
+            3,
+            5,
+            scale=0.75,
+        ),
+        CaseSpec(
+            "balanced_binary",
+            "balanced binary tree, N = 32, depth 5",
+            Hierarchy.balanced(32, 2),
+            6,
+            4,
+            6,
+        ),
+        CaseSpec(
+            "balanced_ternary", "balanced ternary tree, N = 27", Hierarchy.balanced(27, 3), 4, 4, 7
+        ),
+        CaseSpec(
+            "balanced_b8",
+            "balanced tree of b = 8 over 64 leaves",
+            Hierarchy.balanced(64, 8),
+            8,
+            4,
+            8,
+        ),
+        CaseSpec(
+            "uneven_segments",
+            "tokens / sentences / paragraphs of uneven lengths",
+            Hierarchy.from_segments([[3, 5, 2, 4, 1, 3, 6], [2, 3, 2]]),
+            5,
+            3,
+            9,
+        ),
+        CaseSpec(
+            "deep_chain",
+            "caterpillar of depth 12: each family a subtree and one leaf",
+            _caterpillar(12),
+            4,
+            3,
+            10,
+        ),
+        CaseSpec(
+            "single_child_families",
+            "chains of single-child families at several depths",
+            single_children,
+            4,
+            3,
+            11,
+        ),
+        CaseSpec(
+            "unbalanced",
+            "unbalanced, mixed-depth tree with leaves beside families",
+            unbalanced,
+            4,
+            4,
+            12,
+        ),
+        CaseSpec(
+            "leaf_beside_big_family",
+            "children of sizes 1, 20 and 3: the |B|/|A| weights",
+            big_and_small,
+            4,
+            3,
+            13,
+        ),
+        CaseSpec(
+            "large_b_in_deep_tree",
+            "a family of 40 leaves beside small deep subtrees",
+            large_b_deep,
+            4,
+            3,
+            14,
+        ),
         CaseSpec("random_mixed", "random tree, N = 30, b <= 5, shuffled ids", mixed, 4, 4, 15),
-        CaseSpec("random_large", "random tree, N = 200, b <= 9, depth <= 6, shuffled ids", big, 4, 2, 16),  # noqa: E501
-        CaseSpec("forest_interleaved", "forest of 5 trees (two one-leaf) with interleaved rows", interleaved, 4, 3, 17),  # noqa: E501
-        CaseSpec("forest_of_one_leaf_trees", "5 one-leaf trees and no family: returns v", singletons, 3, 3, 18),  # noqa: E501
-        CaseSpec("forest_with_chains", "forest of a caterpillar, a chained leaf, an unbalanced tree", chains_forest, 4, 3, 19),  # noqa: E501
+        CaseSpec(
+            "random_large", "random tree, N = 200, b <= 9, depth <= 6, shuffled ids", big, 4, 2, 16
+        ),
+        CaseSpec(
+            "forest_interleaved",
+            "forest of 5 trees (two one-leaf) with interleaved rows",
+            interleaved,
+            4,
+            3,
+            17,
+        ),
+        CaseSpec(
+            "forest_of_one_leaf_trees",
+            "5 one-leaf trees and no family: returns v",
+            singletons,
+            3,
+            3,
+            18,
+        ),
+        CaseSpec(
+            "forest_with_chains",
+            "forest of a caterpillar, a chained leaf, an unbalanced tree",
+            chains_forest,
+            4,
+            3,
+            19,
+        ),
         CaseSpec("dv_not_dk", "d_k = 3, d_v = 9", unbalanced, 3, 9, 20, value_scale=3.0),
         CaseSpec("dk_one", "d_k = 1, d_v = 5", Hierarchy.balanced(9, 3), 1, 5, 21),
         CaseSpec("custom_scale", "explicit scale 0.8125", unbalanced, 6, 3, 22, scale=0.8125),
-        CaseSpec("negative_scale", "explicit negative scale -1.5", Hierarchy.balanced(12, 3), 4, 3, 23, scale=-1.5),  # noqa: E501
-        CaseSpec("tiny_scores", "scale 1e-6: close to uniform averaging", unbalanced, 4, 3, 24, scale=1e-6),  # noqa: E501
-        CaseSpec("huge_scores", "max |s| = 1e4 on an unbalanced tree: no overflow", unbalanced, 4, 3, 25, max_score=HUGE_SCORE),  # noqa: E501
-        CaseSpec("huge_scores_one_family", "max |s| = 1e4 on one family", one_family(10), 4, 3, 26, max_score=HUGE_SCORE),  # noqa: E501
-        CaseSpec("huge_scores_forest", "max |s| = 1e4 on an interleaved forest", interleaved, 4, 3, 27, max_score=HUGE_SCORE),  # noqa: E501
-        CaseSpec("distance_one_family", "distance energy, one family", one_family(8), 4, 3, 28, energy="distance"),  # noqa: E501
-        CaseSpec("distance_mixed", "distance energy, random mixed-depth tree", mixed, 5, 3, 29, energy="distance"),  # noqa: E501
-        CaseSpec("distance_forest", "distance energy, forest with chains, scale 0.3", chains_forest, 4, 4, 30, energy="distance", scale=0.3),  # noqa: E501
-        CaseSpec("distance_huge_scores", "distance energy, max |s| = 1e4", unbalanced, 4, 3, 31, energy="distance", max_score=HUGE_SCORE),  # noqa: E501
-        CaseSpec("ties_keys_are_queries", "k = q: equal scores on the diagonal", unbalanced, 4, 3, 32, inputs="keys_are_queries"),  # noqa: E501
-        CaseSpec("ties_repeated_rows", "every query row equal", Hierarchy.balanced(16, 4), 4, 3, 33, inputs="repeated_rows"),  # noqa: E501
-        CaseSpec("positions", "positional vectors (d_p = 3) on a mixed-depth tree", unbalanced, 4, 3, 34, positions_dim=3),  # noqa: E501
-        CaseSpec("positions_forest_distance", "positions on an interleaved forest, distance energy", interleaved, 4, 3, 35, energy="distance", positions_dim=2),  # noqa: E501
-    ]  # fmt: skip
+        CaseSpec(
+            "negative_scale",
+            "explicit negative scale -1.5",
+            Hierarchy.balanced(12, 3),
+            4,
+            3,
+            23,
+            scale=-1.5,
+        ),
+        CaseSpec(
+            "tiny_scores",
+            "scale 1e-6: close to uniform averaging",
+            unbalanced,
+            4,
+            3,
+            24,
+            scale=1e-6,
+        ),
+        CaseSpec(
+            "huge_scores",
+            "max |s| = 1e4 on an unbalanced tree: no overflow",
+            unbalanced,
+            4,
+            3,
+            25,
+            max_score=HUGE_SCORE,
+        ),
+        CaseSpec(
+            "huge_scores_one_family",
+            "max |s| = 1e4 on one family",
+            one_family(10),
+            4,
+            3,
+            26,
+            max_score=HUGE_SCORE,
+        ),
+        CaseSpec(
+            "huge_scores_forest",
+            "max |s| = 1e4 on an interleaved forest",
+            interleaved,
+            4,
+            3,
+            27,
+            max_score=HUGE_SCORE,
+        ),
+        CaseSpec(
+            "distance_one_family",
+            "distance energy, one family",
+            one_family(8),
+            4,
+            3,
+            28,
+            energy="distance",
+        ),
+        CaseSpec(
+            "distance_mixed",
+            "distance energy, random mixed-depth tree",
+            mixed,
+            5,
+            3,
+            29,
+            energy="distance",
+        ),
+        CaseSpec(
+            "distance_forest",
+            "distance energy, forest with chains, scale 0.3",
+            chains_forest,
+            4,
+            4,
+            30,
+            energy="distance",
+            scale=0.3,
+        ),
+        CaseSpec(
+            "distance_far_from_origin",
+            "distance energy, q and k = 40 + noise: no cancellation",
+            mixed,
+            5,
+            3,
+            36,
+            energy="distance",
+            offset=40.0,
+        ),
+        CaseSpec(
+            "distance_huge_scores",
+            "distance energy, max |s| = 1e4",
+            unbalanced,
+            4,
+            3,
+            31,
+            energy="distance",
+            max_score=HUGE_SCORE,
+        ),
+        CaseSpec(
+            "ties_keys_are_queries",
+            "k = q: equal scores on the diagonal",
+            unbalanced,
+            4,
+            3,
+            32,
+            inputs="keys_are_queries",
+        ),
+        CaseSpec(
+            "ties_repeated_rows",
+            "every query row equal",
+            Hierarchy.balanced(16, 4),
+            4,
+            3,
+            33,
+            inputs="repeated_rows",
+        ),
+        CaseSpec(
+            "positions",
+            "positional vectors (d_p = 3) on a mixed-depth tree",
+            unbalanced,
+            4,
+            3,
+            34,
+            positions_dim=3,
+        ),
+        CaseSpec(
+            "positions_forest_distance",
+            "positions on an interleaved forest, distance energy",
+            interleaved,
+            4,
+            3,
+            35,
+            energy="distance",
+            positions_dim=2,
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------- the cases
+QUANTITIES = ("out", "grad_q", "grad_k", "grad_v", "grad_positions")
+
+
+def quantity_kind(quantity: str) -> str:
+    """``"output"`` for ``out``, ``"gradient"`` for ``grad_*`` (selects the rule's factor)."""
+    return "output" if quantity == "out" else "gradient"
+
+
 @dataclass(frozen=True)
 class GoldenCase:
-    """One ``hsa-case/1`` case: inputs, reference outputs and tolerance numbers.
+    """One ``hsa-case/1`` case: inputs, reference results and the numbers of the rule.
 
     Tensors are float64 and 2-D (``(N, d)``); ``positions`` is ``(N + M, d_p)`` or ``None``.
     ``scale`` is the value used; ``scale_is_default`` says implementations are called with
-    ``scale=None``.
+    ``scale=None``. ``expected`` holds the float64 reference of every quantity (``out`` and
+    the gradients ``grad_q, grad_k, grad_v[, grad_positions]`` of ``sum(grad_out * out)``);
+    ``references[t]`` the same quantities evaluated in dtype ``t`` (float32, bfloat16,
+    float16); ``tolerance["limits"][t][quantity]`` the rule's numbers for a result in ``t``.
     """
 
     name: str
@@ -222,12 +468,23 @@ class GoldenCase:
     k: torch.Tensor
     v: torch.Tensor
     positions: torch.Tensor | None
-    out: torch.Tensor
-    out_float32: torch.Tensor
+    grad_out: torch.Tensor
+    expected: dict[str, torch.Tensor]
+    references: dict[str, dict[str, torch.Tensor]]
     tolerance: dict[str, Any]
 
+    @property
+    def out(self) -> torch.Tensor:
+        """The float64 reference output ``ref64``."""
+        return self.expected["out"]
+
+    @property
+    def quantities(self) -> list[str]:
+        """``out`` and the gradients this case carries, in :data:`QUANTITIES` order."""
+        return [name for name in QUANTITIES if name in self.expected]
+
     def inputs(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
-        """``q, k, v`` in ``dtype`` (exact for float32: the stored inputs are float32 values)."""
+        """``q, k, v`` in ``dtype`` (exact in every dtype of :data:`DTYPES`)."""
         return self.q.to(dtype), self.k.to(dtype), self.v.to(dtype)
 
     def call_kwargs(self, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
@@ -240,9 +497,26 @@ class GoldenCase:
             kw["positions"] = self.positions.to(dtype)
         return kw
 
-    def reference_t(self, dtype: torch.dtype) -> torch.Tensor:
-        """``ref_t`` of SPEC section 6: the stored reference evaluated in ``dtype``."""
-        return self.out if dtype == torch.float64 else self.out_float32
+    def reference_t(self, dtype: torch.dtype, quantity: str = "out") -> torch.Tensor:
+        """``ref_t`` of SPEC section 6: the reference evaluated in ``low_precision_dtype(t)``."""
+        return self.references[_dtype_name(low_precision_dtype(dtype))][quantity]
+
+    def limit(self, dtype: torch.dtype, quantity: str = "out") -> dict[str, Any]:
+        """The stored numbers of the rule for ``quantity`` computed in ``dtype``."""
+        return self.tolerance["limits"][_dtype_name(dtype)][quantity]
+
+    def judge(self, result: torch.Tensor, dtype: torch.dtype, quantity: str = "out") -> Agreement:
+        """The rule for an implementation's ``quantity`` computed from inputs in ``dtype``."""
+        return agreement(
+            result,
+            self.expected[quantity],
+            self.reference_t(dtype, quantity),
+            dtype=dtype,
+            score_max=self.tolerance["score_max"],
+            kind=quantity_kind(quantity),
+            magnitude=self.tolerance["gradient_magnitude"] if quantity != "out" else None,
+            perturbation_error=self.limit(dtype, quantity)["perturbation_error"],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -259,8 +533,13 @@ class GoldenCase:
         }
         if self.positions is not None:
             obj["positions"] = self.positions.tolist()
-        obj["out"] = self.out.tolist()
-        obj["out_float32"] = self.out_float32.tolist()
+        obj["grad_out"] = self.grad_out.tolist()
+        for quantity in self.quantities:
+            obj[quantity] = self.expected[quantity].tolist()
+        obj["references"] = {
+            dtype: {quantity: t.tolist() for quantity, t in by_quantity.items()}
+            for dtype, by_quantity in self.references.items()
+        }
         obj["tolerance"] = self.tolerance
         return obj
 
@@ -269,21 +548,47 @@ class GoldenCase:
         """Parse an ``hsa-case/1`` object; ``ValueError`` naming what is missing or malformed."""
         if not isinstance(obj, dict) or obj.get("format") != CASE_FORMAT:
             raise ValueError(f"not an {CASE_FORMAT} object")
-        required = {"name", "tree", "energy", "scale", "q", "k", "v", "out", "tolerance"}
+        required = {
+            "name",
+            "tree",
+            "energy",
+            "scale",
+            "q",
+            "k",
+            "v",
+            "grad_out",
+            "out",
+            "grad_q",
+            "grad_k",
+            "grad_v",
+            "references",
+            "tolerance",
+        }
         missing = required - obj.keys()
         if missing:
             raise ValueError(f"{CASE_FORMAT} object lacks {sorted(missing)}")
         h = Hierarchy.from_dict(obj["tree"])
 
-        def matrix(key: str, rows: int | None) -> torch.Tensor:
-            t = torch.tensor(obj[key], dtype=torch.float64)
+        def matrix(value: Any, key: str, rows: int | None) -> torch.Tensor:
+            t = torch.tensor(value, dtype=torch.float64)
             if t.dim() != 2 or (rows is not None and t.shape[0] != rows):
                 raise ValueError(f"case {obj['name']!r}: {key!r} must be a {rows} x d matrix")
             return t
 
-        n = h.num_leaves
-        out = matrix("out", n)
-        pos = obj.get("positions")
+        n, pos = h.num_leaves, obj.get("positions")
+        rows = {"grad_positions": h.num_nodes}
+        expected = {
+            quantity: matrix(obj[quantity], quantity, rows.get(quantity, n))
+            for quantity in QUANTITIES
+            if quantity in obj
+        }
+        references = {
+            dtype: {
+                quantity: matrix(value, f"references.{dtype}.{quantity}", rows.get(quantity, n))
+                for quantity, value in by_quantity.items()
+            }
+            for dtype, by_quantity in obj["references"].items()
+        }
         return cls(
             name=obj["name"],
             description=obj.get("description", ""),
@@ -291,65 +596,104 @@ class GoldenCase:
             energy=obj["energy"],
             scale=float(obj["scale"]),
             scale_is_default=bool(obj.get("scale_is_default", False)),
-            q=matrix("q", n),
-            k=matrix("k", n),
-            v=matrix("v", n),
-            positions=None if pos is None else matrix("positions", h.num_nodes),
-            out=out,
-            out_float32=matrix("out_float32", n) if "out_float32" in obj else out,
+            q=matrix(obj["q"], "q", n),
+            k=matrix(obj["k"], "k", n),
+            v=matrix(obj["v"], "v", n),
+            positions=None if pos is None else matrix(pos, "positions", h.num_nodes),
+            grad_out=matrix(obj["grad_out"], "grad_out", n),
+            expected=expected,
+            references=references,
             tolerance=obj["tolerance"],
         )
 
 
-def _float32_exact(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(a.astype(np.float32).astype(np.float64))
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def half_exact(a: np.ndarray) -> torch.Tensor:
+    """``a`` rounded to a float64 tensor of numbers exact in bfloat16 *and* float16.
+
+    bfloat16 keeps 8 significant bits; values too small for float16's normal range
+    (``|x| < 2**-14``) become 0. Every dtype of :data:`DTYPES` then reads exactly these inputs.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(torch.bfloat16).double()
+    t = torch.where(t.abs() < 2.0**-14, 0.0, t)
+    if torch.isinf(t.half()).any():
+        raise ValueError("input too large for float16")
+    return t
+
+
+RULE_TEXT = (
+    "a result x (out, or a gradient grad_*) computed from inputs in dtype t passes when it has no "
+    "NaN or inf, max|x - expected| <= limits[t][x].max_abs_error = reference_factor[kind] * "
+    "reference_error + atol (reference_error = the larger of perturbation_error and "
+    "max|references[r][x] - expected| * eps[t] / eps[r], r = t, or float32 for t = float64; "
+    "atol = atol_factor * eps[t] * "
+    "magnitude, magnitude = max|expected| for out and gradient_magnitude for gradients), and "
+    "||x - expected|| / ||expected|| <= relative_limit unless that is null; a limit with "
+    "checkable = false (the reference in t overflows, eps[t] * score_max > max_rounded_score, "
+    "or max_abs_error >= max|expected|) is not checkable in t: reported apart, never passed"
+)
 
 
 def tolerance_record(
-    out: torch.Tensor,
-    out_float32: torch.Tensor,
+    expected: dict[str, torch.Tensor],
+    references: dict[str, dict[str, torch.Tensor]],
+    perturbation: dict[str, dict[str, float]],
     *,
     score_max: float,
-    value_max: float,
 ) -> dict[str, Any]:
-    """The ``tolerance`` object of a case: SPEC section 6's numbers for float64 and float32."""
+    """The ``tolerance`` object of a case: SPEC section 6's numbers per dtype and quantity."""
+    grads = {name: t for name, t in expected.items() if name != "out"}
+    magnitude = gradient_magnitude(grads)
     record: dict[str, Any] = {
-        "rule": (
-            "an output y in dtype t passes when max|y - out| <= 2 * ref_error[t] + "
-            "atol_factor * eps[t] * (1 + score_max) * value_max (= max_abs_error[t]), when "
-            "||y - out|| / ||out|| <= relative_limit[t] unless that is null (Frobenius norms), "
-            "and when y has no NaN or inf"
-        ),
+        "rule": RULE_TEXT,
         "score_max": score_max,
-        "value_max": value_max,
+        "gradient_magnitude": magnitude,
         "atol_factor": ATOL_FACTOR,
+        "reference_factor": dict(REFERENCE_FACTOR),
         "float32_relative": FLOAT32_RELATIVE,
         "float32_relative_max_score": FLOAT32_RELATIVE_MAX_SCORE,
-        "eps": {},
-        "ref_error": {},
-        "atol": {},
-        "max_abs_error": {},
-        "relative_limit": {},
+        "perturbations": PERTURBATIONS,
+        "max_rounded_score": MAX_ROUNDED_SCORE,
+        "eps": {label: eps(dtype) for label, dtype in DTYPES.items()},
+        "limits": {},
     }
     for label, dtype in DTYPES.items():
-        ref_t = out if dtype == torch.float64 else out_float32
-        rule = agreement(out, out, ref_t, dtype=dtype, score_max=score_max, value_max=value_max)
-        record["eps"][label] = torch.finfo(dtype).eps
-        record["ref_error"][label] = rule.reference_error
-        record["atol"][label] = rule.atol
-        record["max_abs_error"][label] = rule.tolerance
-        record["relative_limit"][label] = rule.relative_limit
+        low = _dtype_name(low_precision_dtype(dtype))
+        limits = record["limits"][label] = {}
+        for quantity, exact in expected.items():
+            rule = agreement(
+                exact,
+                exact,
+                references[low][quantity],
+                dtype=dtype,
+                score_max=score_max,
+                kind=quantity_kind(quantity),
+                magnitude=magnitude if quantity != "out" else None,
+                perturbation_error=perturbation[label][quantity],
+            )
+            limits[quantity] = {
+                "reference": low,
+                "perturbation_error": perturbation[label][quantity],
+                "reference_error": rule.reference_error,
+                "atol": rule.atol,
+                "max_abs_error": rule.tolerance,
+                "relative_limit": rule.relative_limit,
+                "checkable": rule.checkable,
+            }
     return record
 
 
 def build_case(spec: CaseSpec) -> GoldenCase:
-    """Draw the inputs of ``spec`` and evaluate the reference in float64 and float32."""
+    """Draw the inputs of ``spec`` and evaluate the reference in every dtype, with gradients."""
     h = spec.hierarchy
     rng = np.random.RandomState(spec.seed)  # a frozen stream: the same inputs everywhere
     n = h.num_leaves
-    q = _float32_exact(rng.standard_normal((n, spec.d_k)))
-    k = _float32_exact(rng.standard_normal((n, spec.d_k)))
-    v = _float32_exact(spec.value_scale * rng.standard_normal((n, spec.d_v)))
+    q = half_exact(spec.offset + rng.standard_normal((n, spec.d_k)))
+    k = half_exact(spec.offset + rng.standard_normal((n, spec.d_k)))
+    v = half_exact(spec.value_scale * rng.standard_normal((n, spec.d_v)))
     if spec.inputs == "keys_are_queries":
         k = q.clone()
     elif spec.inputs == "repeated_rows":
@@ -357,36 +701,86 @@ def build_case(spec: CaseSpec) -> GoldenCase:
     elif spec.inputs != "normal":
         raise ValueError(f"unknown inputs kind {spec.inputs!r}")
     pos = (
-        _float32_exact(0.5 * rng.standard_normal((h.num_nodes, spec.positions_dim)))
+        half_exact(0.5 * rng.standard_normal((h.num_nodes, spec.positions_dim)))
         if spec.positions_dim
         else None
     )
+    grad_out = half_exact(rng.standard_normal((n, spec.d_v)))
     scale = spec.scale
     if spec.max_score is not None:
         # Four significant digits keep the scale identical on every machine.
         unit = score_magnitude(q, k, h, scale=1.0, energy=spec.energy)
         scale = float(f"{spec.max_score / unit:.4g}")
-    scale_value = 1.0 / math.sqrt(spec.d_k) if scale is None else float(scale)
-    kw = {"scale": scale, "energy": spec.energy, "positions": pos}
-    out = hsa_reference(q, k, v, h, **kw)
-    kw32 = {**kw, "positions": pos.float() if pos is not None else None}
-    out32 = hsa_reference(q.float(), k.float(), v.float(), h, **kw32, dtype=torch.float32).double()
-    score_max = score_magnitude(q, k, h, scale=scale_value, energy=spec.energy, positions=pos)
-    value_max = v.abs().max().item()
-    return GoldenCase(
-        name=spec.name,
-        description=spec.description,
-        hierarchy=h,
+    return make_case(
+        spec.name,
+        spec.description,
+        h,
+        q,
+        k,
+        v,
+        grad_out,
         energy=spec.energy,
+        scale=scale,
+        positions=pos,
+    )
+
+
+def make_case(
+    name: str,
+    description: str,
+    hierarchy: Hierarchy,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grad_out: torch.Tensor,
+    *,
+    energy: str = "dot",
+    scale: float | None = None,
+    positions: torch.Tensor | None = None,
+) -> GoldenCase:
+    """A case for given 2-D inputs: the reference in every dtype, gradients and limits.
+
+    The inputs are used as float64; a port reads them exactly only if they are exact in its
+    dtype (the generated set makes sure they are in all of :data:`DTYPES`).
+    """
+    h = hierarchy
+    q, k, v, grad_out = (x.detach().double().cpu() for x in (q, k, v, grad_out))
+    pos = positions.detach().double().cpu() if positions is not None else None
+    scale_value = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    kw = {"scale": scale_value, "energy": energy, "positions": pos, "grad_out": grad_out}
+
+    def evaluated(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        res = evaluate_reference(q, k, v, h, **kw, dtype=dtype)
+        return {"out": res.out} | {f"grad_{n}": g for n, g in res.grads.items()}
+
+    exact = evaluate_reference(q, k, v, h, **kw)
+    expected = {"out": exact.out} | {f"grad_{n}": g for n, g in exact.grads.items()}
+    references = {
+        label: evaluated(dtype) for label, dtype in DTYPES.items() if dtype != torch.float64
+    }
+    perturbation = {
+        label: {
+            ("out" if n == "out" else f"grad_{n}"): err
+            for n, err in perturbation_errors(q, k, v, h, **kw, dtype=dtype, exact=exact).items()
+        }
+        for label, dtype in DTYPES.items()
+    }
+    score_max = score_magnitude(q, k, h, scale=scale_value, energy=energy, positions=pos)
+    return GoldenCase(
+        name=name,
+        description=description,
+        hierarchy=h,
+        energy=energy,
         scale=scale_value,
         scale_is_default=scale is None,
         q=q,
         k=k,
         v=v,
         positions=pos,
-        out=out,
-        out_float32=out32,
-        tolerance=tolerance_record(out, out32, score_max=score_max, value_max=value_max),
+        grad_out=grad_out,
+        expected=expected,
+        references=references,
+        tolerance=tolerance_record(expected, references, perturbation, score_max=score_max),
     )
 
 
@@ -403,19 +797,30 @@ def generate(names: Sequence[str] | None = None) -> list[GoldenCase]:
 
 
 # ---------------------------------------------------------------------------- files
+def _is_matrix(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and isinstance(x[0], list)
+
+
+def _holds_matrix(x: Any) -> bool:
+    return _is_matrix(x) or (isinstance(x, dict) and any(map(_holds_matrix, x.values())))
+
+
 def _dump(obj: dict[str, Any]) -> str:
     """JSON with one matrix row per line; floats are written with ``repr`` (round-trip)."""
-    lines = []
-    for key, value in obj.items():
-        if isinstance(value, list) and value and isinstance(value[0], list):
-            rows = ",\n".join("    " + json.dumps(row, allow_nan=False) for row in value)
-            text = "[\n" + rows + "\n  ]"
-        elif isinstance(value, dict) and key == "tolerance":
-            text = json.dumps(value, indent=2, allow_nan=False).replace("\n", "\n  ")
-        else:
-            text = json.dumps(value, allow_nan=False)
-        lines.append(f"  {json.dumps(key)}: {text}")
-    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+    def text(x: Any, indent: str) -> str:
+        inner = indent + "  "
+        if _is_matrix(x):
+            rows = ",\n".join(inner + json.dumps(row, allow_nan=False) for row in x)
+            return "[\n" + rows + "\n" + indent + "]"
+        if isinstance(x, dict) and _holds_matrix(x):
+            items = ",\n".join(f"{inner}{json.dumps(k)}: {text(y, inner)}" for k, y in x.items())
+            return "{\n" + items + "\n" + indent + "}"
+        if isinstance(x, dict) and any(isinstance(y, dict) for y in x.values()):
+            return json.dumps(x, indent=2, allow_nan=False).replace("\n", "\n" + indent)
+        return json.dumps(x, allow_nan=False)
+
+    return text(obj, "") + "\n"
 
 
 def write_cases(cases: Sequence[GoldenCase], directory: Path | str = GOLDEN_DIR) -> list[Path]:
@@ -476,43 +881,66 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 def drift(stored: GoldenCase, fresh: GoldenCase) -> list[str]:
     """Differences between a stored case and a fresh generation; empty when they agree.
 
-    Structure, options and inputs must be identical. Outputs may differ by rounding between
-    machines: ``out`` within the case's float64 tolerance, ``out_float32`` within its float32
-    tolerance; ``score_max`` and ``value_max`` to 1e-12 relative, the float32 reference error
-    within the float32 ``atol``.
+    Structure, options and inputs must be identical. Results may differ by rounding between
+    machines: each float64 quantity within its float64 limit, each reference evaluated in ``t``
+    within the limit of ``t``; ``score_max`` and ``gradient_magnitude`` to 1e-12 relative; the
+    stored limits must be the rule's numbers for the stored results.
     """
     problems = []
     for field in ("name", "description", "hierarchy", "energy", "scale", "scale_is_default"):
         if getattr(stored, field) != getattr(fresh, field):
             problems.append(f"{field}: stored {getattr(stored, field)!r} != fresh")
-    for field in ("q", "k", "v", "positions"):
+    for field in ("q", "k", "v", "positions", "grad_out"):
         a, b = getattr(stored, field), getattr(fresh, field)
         if (a is None) != (b is None) or (
             a is not None and (a.shape != b.shape or not torch.equal(a, b))
         ):
             problems.append(f"{field}: stored inputs differ from a fresh generation")
+    if stored.quantities != fresh.quantities or stored.references.keys() != fresh.references.keys():
+        problems.append("stored quantities or reference dtypes differ from a fresh generation")
     if problems:
         return problems
     tol, new = stored.tolerance, fresh.tolerance
-    for key in ("score_max", "value_max"):
+    for key in ("score_max", "gradient_magnitude"):
         if not math.isclose(tol[key], new[key], rel_tol=1e-12, abs_tol=1e-300):
             problems.append(f"tolerance.{key}: stored {tol[key]!r}, fresh {new[key]!r}")
-    checks = (
-        ("out", stored.out, fresh.out, tol["max_abs_error"]["float64"]),
-        ("out_float32", stored.out_float32, fresh.out_float32, tol["max_abs_error"]["float32"]),
+    for quantity in stored.quantities:
+        pairs = [(quantity, "float64", stored.expected[quantity], fresh.expected[quantity])]
+        pairs += [
+            (
+                f"references.{label}.{quantity}",
+                label,
+                stored.references[label][quantity],
+                fresh.references[label][quantity],
+            )
+            for label in stored.references
+        ]
+        for field, label, a, b in pairs:
+            limit = tol["limits"][label][quantity]["max_abs_error"]
+            if a.shape != b.shape:
+                problems.append(f"{field}: shape {tuple(a.shape)} != fresh {tuple(b.shape)}")
+            elif not _max_abs(a, b) <= limit:
+                problems.append(
+                    f"{field}: max |stored - fresh| = {_max_abs(a, b):.3g} > {limit:.3g}"
+                )
+    perturbation = {
+        label: {quantity: limit["perturbation_error"] for quantity, limit in limits.items()}
+        for label, limits in tol["limits"].items()
+    }
+    for label, limits in new["limits"].items():
+        for quantity, limit in limits.items():
+            a, b = perturbation[label][quantity], limit["perturbation_error"]
+            if not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-300):
+                problems.append(
+                    f"tolerance.limits.{label}.{quantity}.perturbation_error: {a!r} != {b!r}"
+                )
+    recomputed = tolerance_record(
+        stored.expected, stored.references, perturbation, score_max=tol["score_max"]
     )
-    for field, a, b, limit in checks:
-        if a.shape != b.shape:
-            problems.append(f"{field}: shape {tuple(a.shape)} != fresh {tuple(b.shape)}")
-        elif not _max_abs(a, b) <= limit:
-            problems.append(f"{field}: max |stored - fresh| = {_max_abs(a, b):.3g} > {limit:.3g}")
-    err_a, err_b = tol["ref_error"]["float32"], new["ref_error"]["float32"]
-    if not abs(err_a - err_b) <= new["atol"]["float32"]:
-        problems.append(f"tolerance.ref_error.float32: stored {err_a:.3g}, fresh {err_b:.3g}")
-    for dtype in DTYPES:
-        expected = 2.0 * tol["ref_error"][dtype] + tol["atol"][dtype]
-        if tol["max_abs_error"][dtype] != expected:
-            problems.append(f"tolerance.max_abs_error.{dtype} != 2 * ref_error + atol")
+    if recomputed != tol:
+        problems.append(
+            "tolerance: the stored limits are not the rule's numbers for the stored results"
+        )
     return problems
 
 

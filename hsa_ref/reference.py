@@ -48,6 +48,22 @@ def _membership(hierarchy: Hierarchy, nodes: list[int], dtype, device) -> torch.
     return r
 
 
+def split_trees(hierarchy: Hierarchy) -> list[tuple[list[int], Hierarchy]]:
+    """Each tree of a forest as its own hierarchy: ``(nodes, tree)`` where ``nodes[x]`` is the
+    forest id of the tree's node ``x`` (its leaves first, in increasing order)."""
+    h = hierarchy
+    roots = h.root_of
+    trees = []
+    for root in h.roots:
+        members = [x for x in range(h.num_nodes) if int(roots[x]) == root]
+        leaves = [x for x in members if x < h.num_leaves]
+        nodes = leaves + [x for x in members if x >= h.num_leaves]
+        new_id = {old: new for new, old in enumerate(nodes)}
+        parent = [new_id[p] if (p := int(h.parent_array[x])) >= 0 else -1 for x in nodes]
+        trees.append((nodes, Hierarchy.from_parents(parent, len(leaves))))
+    return trees
+
+
 def _families_bottom_up(hierarchy: Hierarchy) -> list[int]:
     height = hierarchy.height
     return sorted(hierarchy.families, key=lambda a: (int(height[a]), a))
@@ -187,13 +203,29 @@ def hsa_attention_matrix(
     ``q, k``: ``(..., N, d_k)`` with broadcastable batch dimensions; ``scale`` defaults to
     ``1/sqrt(d_k)``; ``energy`` is ``"dot"`` or ``"distance"``; ``positions`` is an optional
     ``(N + M, d_p)`` tensor of per-node positional vectors. Rows sum to one and entries between
-    different trees of a forest are zero.
+    different trees of a forest are zero. Each tree is evaluated on its own, so a NaN or inf in
+    one tree's inputs never reaches another tree.
     """
-    _, s, pos = _prepare(q, k, hierarchy, scale, energy, positions, dtype)
-    _, shares = _recursion(s, hierarchy, pos)
-    return attention_from_shares(
-        hierarchy, shares, batch_shape=s.shape[:-2], dtype=s.dtype, device=s.device
-    )
+    checked, s, pos = _prepare(q, k, hierarchy, scale, energy, positions, dtype)
+    if hierarchy.num_trees == 1:
+        _, shares = _recursion(s, hierarchy, pos)
+        return attention_from_shares(
+            hierarchy, shares, batch_shape=s.shape[:-2], dtype=s.dtype, device=s.device
+        )
+    theta = s.new_zeros(s.shape)
+    for nodes, tree in split_trees(hierarchy):
+        rows = torch.as_tensor(nodes[: tree.num_leaves], device=s.device)
+        part = hsa_attention_matrix(
+            checked.q[..., rows, :],
+            checked.k[..., rows, :],
+            tree,
+            scale=checked.scale,
+            energy=checked.energy,
+            positions=None if pos is None else pos[torch.as_tensor(nodes, device=s.device)],
+            dtype=dtype,
+        )
+        theta[..., rows[:, None], rows[None, :]] = part
+    return theta
 
 
 def hsa_reference(
@@ -215,16 +247,25 @@ def hsa_reference(
     checked = check_attention_inputs(
         q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
     )
-    theta = hsa_attention_matrix(
-        checked.q,
-        checked.k,
-        hierarchy,
-        scale=checked.scale,
-        energy=checked.energy,
-        positions=checked.positions,
-        dtype=dtype,
-    )
-    return theta @ checked.v.to(dtype)
+    kw = {"scale": checked.scale, "energy": checked.energy, "dtype": dtype}
+    if hierarchy.num_trees == 1:
+        theta = hsa_attention_matrix(
+            checked.q, checked.k, hierarchy, positions=checked.positions, **kw
+        )
+        return theta @ checked.v.to(dtype)
+    out = checked.v.new_zeros(checked.v.shape, dtype=dtype)
+    for nodes, tree in split_trees(hierarchy):  # trees apart: no NaN crosses from one to another
+        rows = torch.as_tensor(nodes[: tree.num_leaves], device=checked.v.device)
+        pos = checked.positions
+        theta = hsa_attention_matrix(
+            checked.q[..., rows, :],
+            checked.k[..., rows, :],
+            tree,
+            positions=None if pos is None else pos[torch.as_tensor(nodes, device=pos.device)],
+            **kw,
+        )
+        out = out.index_copy(-2, rows, theta @ checked.v[..., rows, :].to(dtype))
+    return out
 
 
 def kl_to_softmax(

@@ -2,7 +2,9 @@
 
 ``hierarchies()`` draws hard valid forests: unbalanced and mixed-depth trees, chains of
 single-child families, branching from 1 to large, several trees whose leaves interleave in the
-row order, and shuffled internal-node ids. ``hsa_cases()`` adds ``q, k, v`` and the options.
+row order, and shuffled internal-node ids. ``hsa_cases()`` adds ``q, k, v``, an upstream
+gradient and the options: both energies, scores from 1e-3 to 1e4, ties, batch dimensions,
+positional vectors, and ``q`` and ``k`` sharing a large common offset (far from the origin).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from .hierarchy import Hierarchy
@@ -61,12 +64,15 @@ def hierarchies(
     max_depth: int = 5,
     max_trees: int = 3,
     shuffle: bool = True,
+    min_families: int = 0,
 ) -> Hierarchy:
     """Random valid :class:`Hierarchy` objects (forests of up to ``max_trees`` trees).
 
     Branching ranges over ``1 .. max_branching`` (1 = single-child families), depth over
     ``0 .. max_depth``. With ``shuffle`` the leaf rows and internal ids are permuted, so trees
-    of a forest interleave in the row order.
+    of a forest interleave in the row order; without it every subtree's leaves are a contiguous
+    range of rows. ``min_families`` asks for at least that many families with two or more
+    children (so that block energies between siblings matter).
     """
     if not 1 <= min_leaves <= max_leaves:
         raise ValueError("need 1 <= min_leaves <= max_leaves")
@@ -93,6 +99,9 @@ def hierarchies(
         nested = draw(_nested_tree(size, max_branching, depth))
         trees.append(Hierarchy.from_nested(_number_leaves(nested, list(range(size))[::-1])))
     h = Hierarchy.forest(trees)
+    if min_families:
+        wide = int((h.branching[h.num_leaves :] >= 2).sum())
+        assume(wide >= min_families)
     if shuffle:
         leaf_map = draw(st.permutations(range(h.num_leaves)))
         fam_ids = range(h.num_leaves, h.num_nodes)
@@ -114,20 +123,35 @@ class HSACase:
     seed: int
     score_magnitude: float
     notes: dict[str, Any] = field(default_factory=dict)
+    positions: torch.Tensor | None = None
+    grad_out: torch.Tensor | None = None
+    offset: float = 0.0
 
     def kwargs(self) -> dict[str, Any]:
-        return {"scale": self.scale, "energy": self.energy}
+        """``scale``, ``energy`` and, in geometry cases, ``positions``."""
+        kw: dict[str, Any] = {"scale": self.scale, "energy": self.energy}
+        if self.positions is not None:
+            kw["positions"] = self.positions
+        return kw
 
     def describe(self) -> str:
         h = self.hierarchy
+        extra = ""
+        if self.positions is not None:
+            extra += f", positions={tuple(self.positions.shape)}"
+        if self.offset:
+            extra += f", offset={self.offset:g}"
         return (
             f"HSACase(seed={self.seed}, q={tuple(self.q.shape)}, v={tuple(self.v.shape)}, "
             f"dtype={self.q.dtype}, energy={self.energy!r}, scale={self.scale}, "
-            f"score_magnitude~{self.score_magnitude:g}, hierarchy={h.to_json()})"
+            f"score_magnitude~{self.score_magnitude:g}{extra}, hierarchy={h.to_json()})"
         )
 
     def __repr__(self) -> str:
         return self.describe()
+
+
+OFFSETS = {torch.float64: 1e6, torch.float32: 1e3, torch.float16: 1e2, torch.bfloat16: 1e2}
 
 
 @st.composite
@@ -138,18 +162,24 @@ def hsa_cases(
     dtype: torch.dtype = torch.float64,
     energies: tuple[str, ...] = ("dot", "distance"),
     max_batch_dims: int = 2,
+    min_dim: int = 1,
     max_dim: int = 8,
     score_magnitudes: tuple[float, ...] = (1e-3, 1.0, 5.0, 30.0),
+    positions: bool = False,
+    offsets: bool = False,
 ) -> HSACase:
-    """An :class:`HSACase` with float64 random ``q, k, v`` cast to ``dtype``.
+    """An :class:`HSACase` with float64 random ``q, k, v`` and ``grad_out`` cast to ``dtype``.
 
     The scale is chosen so that typical scores have the drawn magnitude (``1e4`` tests overflow
-    safety); sometimes keys repeat queries or rows repeat, giving ties.
+    safety); sometimes keys repeat queries or rows repeat, giving ties. With ``positions``,
+    some cases carry ``(N + M, d_p)`` positional vectors; with ``offsets``, some add one common
+    vector to every ``q`` and ``k`` (up to 1e6 in float64, 1e3 in float32, 1e2 in half
+    precision), which leaves the distance energy unchanged and shifts the dot energy.
     """
     h = draw(hierarchy if hierarchy is not None else hierarchies())
     n = h.num_leaves
     batch = tuple(draw(st.lists(st.integers(1, 3), max_size=max_batch_dims)))
-    d_k = draw(st.integers(1, max_dim))
+    d_k = draw(st.integers(min_dim, max(min_dim, max_dim)))
     d_v = draw(st.integers(1, max_dim))
     seed = draw(st.integers(0, 2**31 - 1))
     energy = draw(st.sampled_from(energies))
@@ -158,16 +188,27 @@ def hsa_cases(
     q = torch.randn(*batch, n, d_k, generator=gen, dtype=torch.float64)
     k = torch.randn(*batch, n, d_k, generator=gen, dtype=torch.float64)
     v = torch.randn(*batch, n, d_v, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(*batch, n, d_v, generator=gen, dtype=torch.float64)
     tie = draw(st.sampled_from(["none", "keys_are_queries", "repeated_rows"]))
     if tie == "keys_are_queries":
         k = q.clone()
     elif tie == "repeated_rows" and n > 1:
         q[..., 1:, :] = q[..., :1, :]
+    offset = 0.0
+    if offsets and energy == "distance":
+        offset = draw(st.sampled_from([0.0, 10.0, OFFSETS.get(dtype, 1e2)]))
+        direction = torch.randn(d_k, generator=gen, dtype=torch.float64)
+        shift = offset * direction / direction.norm()
+        q, k = q + shift, k + shift
+    pos = None
+    if positions and draw(st.booleans()):
+        d_p = draw(st.integers(1, 3))
+        pos = 0.5 * torch.randn(h.num_nodes, d_p, generator=gen, dtype=torch.float64)
     default_scale = draw(st.booleans())
     # Typical |s| for unit-normal entries is about scale * sqrt(d_k) (dot) or scale * d_k.
     typical = (d_k**0.5) if energy == "dot" else float(d_k)
     scale = None if default_scale and magnitude == 1.0 else magnitude / typical
-    case = HSACase(
+    return HSACase(
         hierarchy=h,
         q=q.to(dtype),
         k=k.to(dtype),
@@ -177,5 +218,7 @@ def hsa_cases(
         seed=seed,
         score_magnitude=magnitude,
         notes={"ties": tie},
+        positions=None if pos is None else pos.to(dtype),
+        grad_out=grad_out.to(dtype),
+        offset=offset,
     )
-    return case
