@@ -2,13 +2,17 @@
 
 hsa-suite registers this module through the ``pytest11`` entry point, so the options exist
 wherever the package is installed (``-p hsa_ref.pytest_plugin`` loads it explicitly). Without
-``--hsa-impl`` or ``--hsa-outputs`` it adds nothing. With one of them, every golden case and
-every property of :mod:`hsa_ref.conformance` becomes a test item marked ``hsa_conformance``
-(next to whatever else pytest collects; ``-m hsa_conformance`` selects only these). A failing
-item reports its max error and tolerance, and for properties the minimal failing example.
+``--hsa-impl`` or ``--hsa-outputs`` it adds nothing. With one of them, every golden case
+(output and gradients) and every property of :mod:`hsa_ref.conformance` becomes a test item
+marked ``hsa_conformance`` (``-m hsa_conformance`` selects only these). A failing item reports
+its max error, its tolerance and its diagnostic; for properties the minimal failing example.
+A check that is unsupported by the implementation or not checkable in the dtype is skipped
+with the reason.
 
-Options: ``--hsa-dtype {float64,float32}``, ``--hsa-examples N`` (per property), ``--hsa-seed S``,
-``--hsa-golden DIR``, ``--hsa-without-positions``. A bad ``--hsa-impl`` is a usage error.
+Options: ``--hsa-dtype {float64,float32,bfloat16,float16}``, ``--hsa-device``,
+``--hsa-examples N`` (per property), ``--hsa-seed S``, ``--hsa-golden DIR``, ``--hsa-timeout``,
+and the capabilities ``--hsa-energy``, ``--hsa-single-tree``, ``--hsa-without-positions``,
+``--hsa-contiguous-leaves``, ``--hsa-forward-only``. A bad ``--hsa-impl`` is a usage error.
 """
 
 from __future__ import annotations
@@ -19,18 +23,27 @@ from typing import Any
 
 import pytest
 
+from .calling import DEFAULT_TIMEOUT
 from .conformance import (
     DEFAULT_EXAMPLES,
+    FAILED,
+    PASSED,
     PROPERTIES,
+    Capabilities,
+    ImplementationError,
     Outcome,
+    Target,
     UsageError,
     check_case,
     check_output_dir,
     check_property,
+    device_or_usage_error,
     load_impl,
     select_cases,
 )
-from .golden_cases import DTYPES, GOLDEN_DIR
+from .golden_cases import GOLDEN_DIR
+from .tolerance import DTYPES
+from .validation import ENERGIES
 
 _STATE = pytest.StashKey[dict[str, Any]]()
 
@@ -39,11 +52,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hsa", "HSA conformance (hsa_ref.conformance)")
     group.addoption("--hsa-impl", metavar="MODULE:FUNCTION", help="check this HSA implementation")
     group.addoption("--hsa-outputs", metavar="DIR", help="check a folder of hsa-output/1 files")
-    group.addoption("--hsa-dtype", default="float64", choices=sorted(DTYPES))
+    group.addoption("--hsa-dtype", default="float64", choices=list(DTYPES))
+    group.addoption("--hsa-device", default="cpu", help="torch device for --hsa-impl")
     group.addoption("--hsa-examples", type=int, default=DEFAULT_EXAMPLES, help="per property")
     group.addoption("--hsa-seed", type=int, default=0, help="Hypothesis seed")
     group.addoption("--hsa-golden", default=str(GOLDEN_DIR), metavar="DIR")
+    group.addoption("--hsa-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call")
+    group.addoption("--hsa-energy", action="append", choices=ENERGIES, help="supported energy")
+    group.addoption("--hsa-single-tree", action="store_true")
     group.addoption("--hsa-without-positions", action="store_true")
+    group.addoption("--hsa-contiguous-leaves", action="store_true")
+    group.addoption("--hsa-forward-only", action="store_true")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,43 +76,61 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("give --hsa-impl or --hsa-outputs, not both")
     if config.getoption("hsa_examples") < 1:
         raise pytest.UsageError("--hsa-examples must be at least 1")
+    energies = config.getoption("hsa_energy")
+    caps = Capabilities(
+        energies=tuple(dict.fromkeys(energies)) if energies else ENERGIES,
+        forests=not config.getoption("hsa_single_tree"),
+        positions=not config.getoption("hsa_without_positions"),
+        gradients=not config.getoption("hsa_forward_only"),
+        shuffled_leaves=not config.getoption("hsa_contiguous_leaves"),
+    )
     try:
-        cases = select_cases(
-            config.getoption("hsa_golden"),
-            without_positions=config.getoption("hsa_without_positions"),
-        )
+        cases, _ = select_cases(config.getoption("hsa_golden"), capabilities=caps)
         impl = load_impl(spec) if spec is not None else None
-    except UsageError as exc:
+        target = None
+        if impl is not None:
+            target = Target(
+                impl,
+                DTYPES[config.getoption("hsa_dtype")],
+                device_or_usage_error(config.getoption("hsa_device")),
+                config.getoption("hsa_timeout"),
+                caps,
+            )
+    except (UsageError, ImplementationError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     if outputs is not None and not Path(outputs).is_dir():
         raise pytest.UsageError(f"--hsa-outputs folder {outputs} does not exist")
-    config.stash[_STATE] = {"impl": impl, "outputs": outputs, "cases": cases}
+    config.stash[_STATE] = {"target": target, "outputs": outputs, "cases": cases}
 
 
 class ConformanceFailed(Exception):
-    """Raised by an item whose check failed; carries the outcome for the report."""
+    """Raised by an item whose check failed; carries the outcomes for the report."""
 
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.line())
-        self.outcome = outcome
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        super().__init__("\n".join(o.line() for o in outcomes))
+        self.outcomes = outcomes
 
 
 class ConformanceItem(pytest.Item):
-    """One conformance check (a golden case, an output file or a property)."""
+    """One conformance check: a golden case (output and gradients), an output file or a
+    property."""
 
-    def __init__(self, *, check: Callable[[], Outcome], **kwargs: Any) -> None:
+    def __init__(self, *, check: Callable[[], list[Outcome]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._check = check
         self.add_marker("hsa_conformance")
 
     def runtest(self) -> None:
-        outcome = self._check()
-        if not outcome.passed:
-            raise ConformanceFailed(outcome)
+        outcomes = self._check()
+        failed = [o for o in outcomes if o.status == FAILED]
+        if failed:
+            raise ConformanceFailed(failed)
+        if not any(o.status == PASSED for o in outcomes):
+            pytest.skip("; ".join(f"{o.name}: {o.status} ({o.detail})" for o in outcomes))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style=None) -> str:  # type: ignore[override]
         if isinstance(excinfo.value, ConformanceFailed):
-            return excinfo.value.outcome.line()
+            return "\n".join(o.line() for o in excinfo.value.outcomes)
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
@@ -105,30 +142,27 @@ class ConformanceSuite(pytest.Collector):
 
     def collect(self) -> Iterator[ConformanceItem]:
         state = self.config.stash[_STATE]
-        impl, outputs, cases = state["impl"], state["outputs"], state["cases"]
+        target, outputs, cases = state["target"], state["outputs"], state["cases"]
         if outputs is not None:
             for case in cases:
                 yield ConformanceItem.from_parent(
                     self,
                     name=f"output[{case.name}]",
-                    check=lambda case=case: check_output_dir(outputs, [case])[0],
+                    check=lambda case=case: check_output_dir(outputs, [case]),
                 )
             return
-        dtype = DTYPES[self.config.getoption("hsa_dtype")]
         for case in cases:
             yield ConformanceItem.from_parent(
-                self,
-                name=f"golden[{case.name}]",
-                check=lambda case=case: check_case(impl, case, dtype),
+                self, name=f"golden[{case.name}]", check=lambda case=case: check_case(target, case)
             )
         examples, seed = self.config.getoption("hsa_examples"), self.config.getoption("hsa_seed")
         for prop in PROPERTIES.values():
             yield ConformanceItem.from_parent(
                 self,
                 name=f"property[{prop.name}]",
-                check=lambda prop=prop: check_property(
-                    impl, prop, dtype=dtype, examples=examples, seed=seed
-                ),
+                check=lambda prop=prop: [
+                    check_property(target, prop, examples=examples, seed=seed)
+                ],
             )
 
 

@@ -2,8 +2,10 @@
 
 :func:`planted_hsa` is a complete HSA implementation (SPEC sections 2-5: up pass for ``F``, down
 pass for the shares) with the signature of SPEC section 8. With ``bug=None`` it is correct; each
-name in :data:`BUGS` switches on exactly one mistake. The module-level functions of the same
-names are those implementations, ready for ``--impl planted_bugs:<name>``.
+name in :data:`BUGS` switches on exactly one mistake in the forward pass, each name in
+:data:`GRADIENT_BUGS` one whose forward pass is exact and whose backward pass is wrong. The
+module-level functions of the same names are those implementations, ready for
+``--impl planted_bugs:<name>``. :data:`CHEATS` try to fool or stop the harness itself.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ BUGS: dict[str, str] = {
     "relative_error": "the output is off by a relative 1e-4",
     "distance_norms_dropped": "the distance energy forgets the squared norms (acts as dot)",
     "positions_ignored": "positional vectors are ignored",
+}
+
+
+GRADIENT_BUGS: dict[str, str] = {
+    "keys_detached": "keys are detached from the block energies (dk misses their part)",
+    "dq_dk_swapped": "the backward returns dk as dq and dq as dk",
+    "gradients_in_float32": "float64 outputs, but gradients computed in float32",
+    "no_autograd": "the output is detached: no gradient at all",
+    "positions_gradient_dropped": "positions are detached (d positions is zero)",
 }
 
 
@@ -57,8 +68,26 @@ def planted_hsa(
     bug: str | None = None,
 ) -> torch.Tensor:
     """HSA output ``(..., N, d_v)`` in the dtype of ``q``, with the mistake ``bug`` (or none)."""
-    if bug is not None and bug not in BUGS:
+    if bug is not None and bug not in BUGS and bug not in GRADIENT_BUGS:
         raise ValueError(f"unknown bug {bug!r}")
+    if bug == "no_autograd":
+        return planted_hsa(
+            q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
+        ).detach()
+    if bug == "dq_dk_swapped":
+        return _SwapQK.apply(q, k, v, hierarchy, scale, energy, positions)
+    if bug == "gradients_in_float32" and q.dtype == torch.float64:
+        kw = {"scale": scale, "energy": energy}
+        exact = planted_hsa(q, k, v, hierarchy, positions=positions, **kw)
+        low = planted_hsa(
+            q.float(),
+            k.float(),
+            v.float(),
+            hierarchy,
+            positions=None if positions is None else positions.float(),
+            **kw,
+        ).double()
+        return exact.detach() + (low - low.detach())  # the value of exact, the gradient of low
     if bug == "wrong_default_scale" and scale is None:
         scale = 1.0 / q.shape[-1]
     c = check_attention_inputs(q, k, v, hierarchy, scale=scale, energy=energy, positions=positions)
@@ -68,6 +97,9 @@ def planted_hsa(
         energy = "dot"
     if bug == "positions_ignored":
         pos = None
+    if bug == "positions_gradient_dropped" and pos is not None:
+        pos = pos.detach()
+    k_energy = k.detach() if bug == "keys_detached" else k
     if bug == "forest_leak" and h.num_trees > 1:
         h = _joined(h)
         if pos is not None:
@@ -95,7 +127,7 @@ def planted_hsa(
             member[row, [where[j] for j in h.leaves_under(kid)]] = 1
         child_of = member.argmax(0)  # which child holds each leaf
         means = member / counts[kids, None]
-        s = score_matrix(q[..., leaves, :], k[..., leaves, :], scale=scale, energy=energy)
+        s = score_matrix(q[..., leaves, :], k_energy[..., leaves, :], scale=scale, energy=energy)
         if bug == "log_mean_exp_energy":
             top = s.amax((-1, -2), keepdim=True)
             e = torch.log(means @ torch.exp(s - top) @ means.T) + top
@@ -139,6 +171,30 @@ def planted_hsa(
     return out
 
 
+class _SwapQK(torch.autograd.Function):
+    """The correct forward pass; the backward hands dk to q and dq to k."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, hierarchy, scale, energy, positions):
+        ctx.save_for_backward(q, k, v, positions)
+        ctx.args = (hierarchy, scale, energy)
+        return planted_hsa(q, k, v, hierarchy, scale=scale, energy=energy, positions=positions)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, positions = ctx.saved_tensors
+        hierarchy, scale, energy = ctx.args
+        with torch.enable_grad():
+            inputs = [x.detach().requires_grad_() for x in (q, k, v)]
+            pos = positions.detach().requires_grad_() if positions is not None else None
+            out = planted_hsa(*inputs, hierarchy, scale=scale, energy=energy, positions=pos)
+            wrt = inputs + ([pos] if pos is not None else [])
+            grads = torch.autograd.grad(out, wrt, grad, allow_unused=True)
+        dq, dk, dv = grads[:3]
+        dpos = grads[3] if pos is not None else None
+        return dk, dq, dv, None, None, None, dpos
+
+
 correct = partial(planted_hsa, bug=None)
 leaf_self_term_dropped = partial(planted_hsa, bug="leaf_self_term_dropped")
 log_count_ignored = partial(planted_hsa, bug="log_count_ignored")
@@ -151,3 +207,8 @@ wrong_default_scale = partial(planted_hsa, bug="wrong_default_scale")
 relative_error = partial(planted_hsa, bug="relative_error")
 distance_norms_dropped = partial(planted_hsa, bug="distance_norms_dropped")
 positions_ignored = partial(planted_hsa, bug="positions_ignored")
+keys_detached = partial(planted_hsa, bug="keys_detached")
+dq_dk_swapped = partial(planted_hsa, bug="dq_dk_swapped")
+gradients_in_float32 = partial(planted_hsa, bug="gradients_in_float32")
+no_autograd = partial(planted_hsa, bug="no_autograd")
+positions_gradient_dropped = partial(planted_hsa, bug="positions_gradient_dropped")

@@ -1,4 +1,5 @@
-"""The conformance harness: passes correct implementations, rejects every planted bug."""
+"""The conformance harness: passes correct implementations, rejects every planted bug, cannot be
+fooled or stopped, and says where a wrong implementation goes wrong."""
 
 from __future__ import annotations
 
@@ -9,27 +10,35 @@ import sys
 import tomllib
 from pathlib import Path
 
+import harness_cheats
 import planted_bugs
 import pytest
+import range_port
 import torch
 
 from hsa_fast import hsa
-from hsa_ref import hsa_reference
+from hsa_ref import Hierarchy, hsa_reference
 from hsa_ref.conformance import (
     OUTPUT_FORMAT,
     PROPERTIES,
+    REPORT_FORMAT,
+    Capabilities,
+    ImplementationError,
     UsageError,
-    accepts_positions,
     load_impl,
     main,
-    on_device,
     run,
 )
 from hsa_ref.golden_cases import load_cases
+from hsa_ref.tolerance import DTYPES
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-EXAMPLES = 4  # per property; the full suite runs with more through the command line
+EXAMPLES = 3  # per property; the full suite runs with more through the command line
+FORWARD = Capabilities(gradients=False)
+PORT = Capabilities(
+    energies=("dot",), forests=False, positions=False, gradients=False, shuffled_leaves=False
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,6 +63,24 @@ MUST_FAIL = {
     "relative_error": "one_leaf",
     "distance_norms_dropped": "distance_one_family",
     "positions_ignored": "positions",
+}
+# Where a forward bug's error is below what the dtype can hide, the rule cannot see it.
+HIDDEN = {("relative_error", "bfloat16"), ("relative_error", "float16")}
+# What the first diagnostic of the failing golden case names.
+DIAGNOSIS = {
+    "leaf_self_term_dropped": "own-subtree share",
+    "forest_leak": "weight crosses trees",
+    "row_softmax": "not constant on sibling blocks",
+    "no_max_subtraction": "NaN or inf",
+    "relative_error": "rows do not sum to 1",
+    "log_count_ignored": "leaf_beside_big_family",
+}
+GRADIENT_MUST_FAIL = {
+    "keys_detached": ("pair", "pair:grad_k"),
+    "dq_dk_swapped": ("unbalanced", "unbalanced:grad_q"),
+    "gradients_in_float32": ("unbalanced", "unbalanced:grad_v"),
+    "no_autograd": ("pair", "pair:grad_q"),
+    "positions_gradient_dropped": ("positions", "positions:grad_positions"),
 }
 
 
@@ -83,28 +110,34 @@ def drops_a_column(q, k, v, hierarchy, *, scale=None, energy="dot", positions=No
         (hsa_reference, "float64"),
         (hsa, "float64"),
         (hsa, "float32"),
+        (hsa, "bfloat16"),
+        (hsa, "float16"),
         (planted_bugs.correct, "float64"),
+        (planted_bugs.correct, "float32"),
     ],
-    ids=["reference", "hsa_fast", "hsa_fast-float32", "planted-without-bug"],
+    ids=lambda x: x if isinstance(x, str) else getattr(x, "__name__", "planted"),
 )
-def test_correct_implementations_pass(impl, dtype):
+def test_correct_implementations_pass_outputs_and_gradients(impl, dtype):
     report = run(impl, dtype=dtype, examples=EXAMPLES, seed=1)
     assert report.passed, report.format(verbose=False)
-    assert len(report.outcomes) == len(load_cases()) + len(PROPERTIES)
+    names = {o.name for o in report.outcomes}
+    assert len(names) == len(report.outcomes)
+    assert {f"pair:grad_{x}" for x in "qkv"} <= names
+    assert "positions:grad_positions" in names
+    assert {o.name for o in report.outcomes if o.kind == "property"} == set(PROPERTIES)
 
 
-def test_the_float32_reference_meets_the_float32_rule():
-    """``ref_t`` itself passes: the rule is consistent with the stored float32 outputs."""
-    report = run(
-        reference_in_dtype, dtype="float32", examples=EXAMPLES, properties=["matches_reference"]
-    )
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_the_reference_in_each_dtype_meets_the_rule(dtype):
+    """``ref_t`` itself passes: the rule is consistent with the stored low-precision outputs."""
+    report = run(reference_in_dtype, dtype=dtype, properties=[], capabilities=FORWARD)
     assert report.passed, report.format(verbose=False)
 
 
 # ---------------------------------------------------------------- every planted bug is caught
 @pytest.mark.parametrize("bug", sorted(planted_bugs.BUGS))
 def test_golden_cases_reject_each_planted_bug(bug):
-    report = run(getattr(planted_bugs, bug), properties=[])
+    report = run(getattr(planted_bugs, bug), properties=[], capabilities=FORWARD)
     assert not report.passed
     failed = {o.name: o for o in report.failures}
     assert MUST_FAIL[bug] in failed, sorted(failed)
@@ -113,20 +146,53 @@ def test_golden_cases_reject_each_planted_bug(bug):
     assert not worst.max_error <= worst.tolerance
     text = report.format(verbose=False)
     assert f"FAIL golden   {MUST_FAIL[bug]}" in text
-    assert "max error" in text
-    assert "tolerance" in text
 
 
-@pytest.mark.parametrize("bug", sorted(planted_bugs.BUGS))
-def test_float32_golden_tolerance_rejects_each_planted_bug(bug):
-    """The looser float32 tolerance still rejects each bug on the case that shows it."""
-    name = MUST_FAIL[bug]
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_each_forward_bug_is_rejected_in_every_dtype_that_can_see_it(dtype):
+    """Exactly the bugs whose error exceeds what the dtype can hide are rejected."""
+    rejected = {
+        bug
+        for bug in planted_bugs.BUGS
+        if run(
+            getattr(planted_bugs, bug), dtype=dtype, properties=[], capabilities=FORWARD
+        ).failures
+    }
+    assert rejected == {bug for bug in planted_bugs.BUGS if (bug, dtype) not in HIDDEN}
+    correct = run(planted_bugs.correct, dtype=dtype, properties=[], capabilities=FORWARD)
+    assert correct.passed, correct.format(verbose=False)
+
+
+@pytest.mark.parametrize("bug", sorted(DIAGNOSIS))
+def test_the_first_diagnostic_names_what_is_wrong(bug):
+    case = "leaf_beside_big_family" if bug == "log_count_ignored" else MUST_FAIL[bug]
     [outcome] = run(
-        getattr(planted_bugs, bug), dtype="float32", cases=[name], properties=[]
+        getattr(planted_bugs, bug), cases=[case], properties=[], capabilities=FORWARD
     ).outcomes
-    assert not outcome.passed, outcome.line()
-    [fine] = run(planted_bugs.correct, dtype="float32", cases=[name], properties=[]).outcomes
-    assert fine.passed, fine.line()
+    assert outcome.status == "failed"
+    first = outcome.diagnostic.splitlines()[0]
+    if bug == "log_count_ignored":
+        assert first.startswith(("own-subtree share", "sibling block"))
+    else:
+        assert DIAGNOSIS[bug] in first, outcome.diagnostic
+    assert first in outcome.line()
+
+
+@pytest.mark.parametrize("bug", sorted(planted_bugs.GRADIENT_BUGS))
+def test_gradient_checks_reject_each_backward_bug(bug):
+    case, quantity = GRADIENT_MUST_FAIL[bug]
+    report = run(getattr(planted_bugs, bug), cases=[case], properties=[])
+    status = {o.name: o.status for o in report.outcomes}
+    assert status[case] == "passed"  # the forward pass is exact
+    assert status[quantity] == "failed", report.format()
+    if bug == "no_autograd":
+        assert "no gradient" in report.failures[0].detail
+    forward_only = run(
+        getattr(planted_bugs, bug), cases=[case], properties=[], capabilities=FORWARD
+    )
+    assert forward_only.passed
+    assert [o.name for o in forward_only.outcomes] == [case]
+    assert "gradients not checked" in forward_only.header
 
 
 @pytest.mark.parametrize(
@@ -134,59 +200,184 @@ def test_float32_golden_tolerance_rejects_each_planted_bug(bug):
     [
         ("forest_leak", "forest_is_trees_alone"),
         ("relative_error", "constant_values"),
-        ("no_max_subtraction", "one_family_is_softmax"),
+        ("no_max_subtraction", "finite_at_huge_scores"),
         ("leaf_self_term_dropped", "one_family_is_softmax"),
+        ("wrong_default_scale", "default_scale"),
+        ("dq_dk_swapped", "matches_reference"),
+        ("keys_detached", "one_family_is_softmax"),
+        ("gradients_in_float32", "batch_is_per_example"),
     ],
 )
 def test_properties_alone_reject_planted_bugs(bug, prop):
     report = run(getattr(planted_bugs, bug), golden=False, properties=[prop], examples=25)
     [outcome] = report.outcomes
-    assert not outcome.passed
+    assert outcome.status == "failed", outcome.line()
     assert "minimal failing example: HSACase(" in outcome.detail
-    assert outcome.max_error is not None
-    assert not outcome.max_error <= outcome.tolerance
 
 
 def test_implementation_errors_become_failures():
     report = run(raises, examples=2, cases=["pair"], properties=["matches_reference"])
     golden, prop = report.outcomes
-    assert not golden.passed
+    assert golden.status == prop.status == "failed"
     assert "RuntimeError('not implemented')" in golden.detail
-    assert not prop.passed
     assert "minimal failing example" in prop.detail
     report = run(drops_a_column, examples=2, cases=["pair"], properties=["constant_values"])
-    assert [o.passed for o in report.outcomes] == [False, False]
+    assert [o.status for o in report.outcomes] == ["failed", "failed"]
     assert all("shape" in o.detail for o in report.outcomes)
 
 
 def test_implementations_without_positions():
     names = ["pair", "positions", "forest_interleaved", "positions_forest_distance"]
-    report = run(no_positions, properties=[], cases=names)
-    failed = sorted(o.name for o in report.failures)
-    assert failed == ["positions", "positions_forest_distance"]
-    assert "--without-positions" in report.failures[0].detail
-    report = run(no_positions, properties=[], cases=names, without_positions=True)
+    report = run(no_positions, properties=[], cases=names, capabilities=FORWARD)
+    assert sorted(o.name for o in report.failures) == ["positions", "positions_forest_distance"]
+    caps = Capabilities(positions=False, gradients=False)
+    report = run(no_positions, properties=[], cases=names, capabilities=caps)
     assert report.passed
     assert [o.name for o in report.outcomes] == ["pair", "forest_interleaved"]
+    assert "positions (positions)" in report.header
+
+
+# ---------------------------------------------------------------- capabilities
+def test_a_limited_correct_port_passes_with_its_capabilities():
+    report = run(range_port.hsa, capabilities=PORT, examples=EXAMPLES)
+    assert report.passed, report.format(verbose=False)
+    statuses = {o.name: o.status for o in report.outcomes if o.kind == "property"}
+    assert statuses["forest_is_trees_alone"] == "unsupported"
+    assert statuses["batch_is_per_example"] == "unsupported"  # it refuses batches
+    assert "left out by the declared capabilities" in report.header
+    assert "random_large (non-contiguous leaves)" in report.header
+    # without the flags its refusals are listed apart, never counted as failures
+    undeclared = run(range_port.hsa, capabilities=FORWARD, properties=[])
+    assert undeclared.passed
+    assert {o.status for o in undeclared.outcomes} == {"passed", "unsupported"}
+    assert "unsupported by the implementation: golden random_mixed" in undeclared.format()
+
+
+def test_a_limited_port_with_a_bug_fails_with_a_diagnostic():
+    report = run(range_port.no_self_share, capabilities=PORT, examples=EXAMPLES)
+    assert not report.passed
+    failed = {o.name: o for o in report.failures}
+    first = failed["one_family"].diagnostic.splitlines()[0]
+    assert first.startswith("own-subtree share mu(")
+    assert "where the reference has" in first
+
+
+def test_a_property_nobody_supports_is_not_a_pass():
+    report = run(
+        harness_cheats.refuses_forests,
+        golden=False,
+        examples=5,
+        properties=["forest_is_trees_alone"],
+    )
+    [outcome] = report.outcomes
+    assert outcome.status == "unsupported"
+    assert not report.passed
+    assert (
+        main(
+            [
+                "--impl",
+                "harness_cheats:refuses_forests",
+                "--properties-only",
+                "--property",
+                "forest_is_trees_alone",
+                "--examples",
+                "3",
+            ]
+        )
+        == 2
+    )
+
+
+# ---------------------------------------------------------------- the harness cannot be fooled
+@pytest.mark.parametrize(
+    ("cheat", "detail"),
+    [
+        ("exits", "SystemExit"),
+        ("returns_meta", "meta tensor"),
+        ("returns_sparse", "layout"),
+        ("returns_a_list", "not a torch.Tensor"),
+    ],
+)
+def test_cheats_fail_their_own_checks(cheat, detail):
+    report = run(
+        getattr(harness_cheats, cheat),
+        cases=["pair", "unbalanced"],
+        examples=2,
+        properties=["matches_reference"],
+    )
+    assert [o.status for o in report.outcomes] == ["failed"] * 3
+    assert all(detail in o.detail for o in report.outcomes)
+
+
+def test_in_place_changes_cannot_fool_the_reference():
+    report = run(
+        harness_cheats.zeroes_v_in_place,
+        golden=True,
+        cases=["pair"],
+        examples=5,
+        capabilities=FORWARD,
+    )
+    assert {o.name for o in report.failures} >= {"pair", "matches_reference", "constant_values"}
+
+
+def test_a_hanging_implementation_times_out():
+    report = run(
+        harness_cheats.sleeps,
+        cases=["pair"],
+        properties=["matches_reference"],
+        examples=5,
+        timeout=0.5,
+    )
+    assert [o.status for o in report.outcomes] == ["failed", "failed"]
+    assert "timed out" in report.outcomes[0].detail
+    assert "timed out" in report.outcomes[1].detail
+
+
+def test_exits_on_import_is_a_failure_not_a_pass(capsys):
+    with pytest.raises(ImplementationError, match="SystemExit"):
+        load_impl("exits_on_import:hsa")
+    assert main(["--impl", "exits_on_import:hsa", "--golden-only"]) == 1
+    assert "SystemExit" in capsys.readouterr().err
+
+
+def test_the_reference_keeps_non_finite_values_inside_their_tree():
+    h = Hierarchy.forest([Hierarchy.balanced(4, 2), Hierarchy.balanced(3, 3)])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(7, 3, generator=g, dtype=torch.float64) for _ in "qkv")
+    clean = hsa_reference(q, k, v, h)
+    q[5, 0], v[6, 1] = float("nan"), float("inf")
+    dirty = hsa_reference(q, k, v, h)
+    assert torch.equal(dirty[:4], clean[:4])
+    assert not torch.isfinite(dirty[4:]).all()
 
 
 # ---------------------------------------------------------------- outputs written by a port
-def _write_outputs(folder: Path, impl, dtype: torch.dtype, label: str) -> None:
+def _write_outputs(folder: Path, impl, dtype: torch.dtype, label: str, grads: bool = False):
     folder.mkdir(exist_ok=True)
     for case in load_cases():
-        out = impl(*case.inputs(dtype), case.hierarchy, **case.call_kwargs(dtype))
+        inputs = [x.clone().requires_grad_(grads) for x in case.inputs(dtype)]
+        kw = case.call_kwargs(dtype)
+        out = impl(*inputs, case.hierarchy, **kw)
         obj = {"format": OUTPUT_FORMAT, "case": case.name, "dtype": label, "out": out.tolist()}
+        if grads:
+            raw = torch.autograd.grad(out, inputs, case.grad_out.to(dtype), allow_unused=True)
+            dq, dk, dv = (
+                torch.zeros_like(x) if g is None else g for x, g in zip(inputs, raw, strict=True)
+            )
+            obj |= {"grad_q": dq.tolist(), "grad_k": dk.tolist(), "grad_v": dv.tolist()}
         (folder / f"{case.name}.json").write_text(json.dumps(obj))
 
 
 def test_output_folders(tmp_path):
     good64, good32, bad = tmp_path / "f64", tmp_path / "f32", tmp_path / "bad"
-    _write_outputs(good64, hsa, torch.float64, "float64")
-    _write_outputs(good32, hsa, torch.float32, "float32")
-    assert run(outputs=good64).passed
+    _write_outputs(good64, planted_bugs.correct, torch.float64, "float64", grads=True)
+    _write_outputs(good32, planted_bugs.correct, torch.float32, "float32")
+    report = run(outputs=good64)
+    assert report.passed, report.format(verbose=False)
+    assert "pair:grad_k" in {o.name for o in report.outcomes}
     assert run(outputs=good32).passed
     # float32 numbers claimed as float64 are held to the float64 tolerance.
-    _write_outputs(bad, hsa, torch.float32, "float64")
+    _write_outputs(bad, planted_bugs.correct, torch.float32, "float64")
     assert not run(outputs=bad, cases=["pair"]).passed
 
     def edit(name: str, change) -> None:
@@ -200,20 +391,69 @@ def test_output_folders(tmp_path):
     edit("one_leaf", lambda o: o.__setitem__("out", o["out"][:0]))
     edit("one_family", lambda o: o.__setitem__("case", "pair"))
     edit("huge_scores", lambda o: o["out"][2].__setitem__(1, None))
+    edit("dk_one", lambda o: o["grad_v"][0].__setitem__(0, o["grad_v"][0][0] + 1e-3))
     (bad / "deep_chain.json").write_text("{not json")
+    (bad / "custom_scale.json").write_text('{"format": "hsa-output/1", "out": ' + "[" * 200_000)
+    big = json.loads((good64 / "tiny_scores.json").read_text())
+    text = json.dumps(big).replace(str(big["out"][0][0]), "1" + "0" * 400, 1)
+    (bad / "tiny_scores.json").write_text(text)
     (bad / "balanced_binary.json").unlink()
     names = ["pair", "unbalanced", "one_leaf", "one_family", "huge_scores", "deep_chain"]
-    names += ["balanced_binary", "tiny_scores"]
+    names += ["balanced_binary", "tiny_scores", "custom_scale", "dk_one"]
     report = run(outputs=bad, cases=names)
     verdict = {o.name: o for o in report.outcomes}
-    assert [n for n in names if verdict[n].passed] == []
+    assert [n for n in names if verdict[n].passed] == ["dk_one"]
+    assert verdict["dk_one:grad_v"].status == "failed"
     assert verdict["pair"].max_error > verdict["pair"].tolerance
     assert "NaN" in verdict["unbalanced"].detail
     assert "rows" in verdict["one_leaf"].detail
     assert "'case'" in verdict["one_family"].detail
     assert "NaN" in verdict["huge_scores"].detail
     assert "JSON" in verdict["deep_chain"].detail
+    assert "JSON" in verdict["custom_scale"].detail
+    assert "NaN or inf" in verdict["tiny_scores"].detail
     assert "no file" in verdict["balanced_binary"].detail
+
+
+# ---------------------------------------------------------------- report, saved cases, replay
+def test_report_and_saved_failures_replay(tmp_path, capsys):
+    saved, report_path = tmp_path / "saved", tmp_path / "report.json"
+    argv = [
+        "--impl",
+        "planted_bugs:uniform_child_weights",
+        "--case",
+        "leaf_beside_big_family",
+        "--property",
+        "matches_reference",
+        "--examples",
+        "20",
+        "--forward-only",
+        "--save-failures",
+        str(saved),
+        "--report",
+        str(report_path),
+    ]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "saved as" in out
+    report = json.loads(report_path.read_text())
+    assert report["format"] == REPORT_FORMAT
+    assert report["implementation"] == "planted_bugs:uniform_child_weights"
+    assert report["capabilities"]["gradients"] is False
+    assert report["golden_set_version"] == 2
+    assert report["passed"] is False
+    checks = {c["name"]: c for c in report["checks"]}
+    golden = checks["leaf_beside_big_family"]
+    assert golden["status"] == "failed"
+    assert golden["max_error"] > golden["tolerance"]
+    assert golden["diagnostic"]
+    assert golden["saved"].endswith("leaf_beside_big_family.json")
+    assert checks["matches_reference"]["saved"].endswith("matches_reference_minimal.json")
+    replay = load_cases(saved)
+    assert {c.name for c in replay} == {"leaf_beside_big_family", "matches_reference_minimal"}
+    again = ["--golden", str(saved), "--golden-only", "--forward-only"]
+    assert main(["--impl", "planted_bugs:uniform_child_weights", *again]) == 1
+    assert main(["--impl", "planted_bugs:correct", *again]) == 0
 
 
 # ---------------------------------------------------------------- command line and usage errors
@@ -241,14 +481,19 @@ def test_main_exit_status(tmp_path, capsys):
     assert "ok   golden   pair" in out
     assert "failed: golden forest_interleaved" in out
     assert main(["--impl", "hsa_fast:hsa", "--properties-only", "--examples", "2"]) == 0
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
     for argv in (
         ["--impl", "not-a-spec"],
         ["--impl", "no_such_module_xyz:hsa"],
         ["--impl", "hsa_fast:hsa", "--golden", str(tmp_path / "nowhere")],
         ["--outputs", str(tmp_path / "nowhere")],
+        ["--outputs", str(outputs), "--properties-only"],  # nothing checked
         ["--impl", "hsa_fast:hsa", "--case", "no_such_case"],
         ["--impl", "hsa_fast:hsa", "--property", "no_such_property"],
         ["--impl", "hsa_fast:hsa", "--examples", "0"],
+        ["--impl", "hsa_fast:hsa", "--timeout", "0"],
+        ["--impl", "hsa_fast:hsa", "--device", "no-such-device"],
     ):
         assert main(argv) == 2, argv
         assert "error:" in capsys.readouterr().err
@@ -257,21 +502,9 @@ def test_main_exit_status(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_device_option_moves_inputs_and_output():
+def test_device_option_runs_on_that_device():
     golden_only = ["--golden-only", "--case", "positions", "--case", "pair"]
     assert main(["--impl", "hsa_fast:hsa", "--device", "cpu", *golden_only]) == 0
-    seen = []
-
-    def spy(q, k, v, hierarchy, *, scale=None, energy="dot", positions=None):
-        seen.append({t.device.type for t in (q, k, v)})
-        return hsa(q, k, v, hierarchy, scale=scale, energy=energy, positions=positions)
-
-    moved = on_device(spy, "cpu")
-    assert accepts_positions(moved)
-    assert not run(moved, cases=["positions"], properties=[]).failures
-    assert seen == [{"cpu"}]
-    with pytest.raises(UsageError, match="not available"):
-        on_device(hsa, "no-such-device")
     if not torch.cuda.is_available():
         assert main(["--impl", "hsa_fast:hsa", "--device", "cuda", *golden_only]) == 2
 
@@ -292,6 +525,15 @@ def test_python_dash_m_entry_point():
     )
     assert failing.returncode == 1, failing.stderr
     assert "FAIL golden   huge_scores " in failing.stdout
+    exits = subprocess.run(
+        [*cmd, "--impl", "harness_cheats:exits", "--case", "pair"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=False,
+    )
+    assert exits.returncode == 1
+    assert "SystemExit" in exits.stdout
 
 
 # ---------------------------------------------------------------- the pytest plugin
@@ -305,7 +547,7 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     cmd = [sys.executable, "-m", "pytest", "-p", "hsa_ref.pytest_plugin", "-p", "no:cacheprovider"]
     return subprocess.run(
-        [*cmd, "-rf", *args],
+        [*cmd, "-rfs", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -316,10 +558,18 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_pytest_option_runs_the_harness(tmp_path):
     run_ = _pytest(
-        tmp_path, "--hsa-impl", "planted_bugs:forest_leak", "--hsa-dtype", "float32",
-        "--hsa-examples", "3", "-m", "hsa_conformance",
-        "-k", "pair or forest_interleaved or return_v or is_softmax",
-    )  # fmt: skip
+        tmp_path,
+        "--hsa-impl",
+        "planted_bugs:forest_leak",
+        "--hsa-dtype",
+        "float32",
+        "--hsa-examples",
+        "3",
+        "-m",
+        "hsa_conformance",
+        "-k",
+        "pair or forest_interleaved or return_v or is_softmax",
+    )
     assert run_.returncode == 1, run_.stdout[-3000:]
     total = len(load_cases()) + len(PROPERTIES)
     assert f"collected {total} items / {total - 4} deselected / 4 selected" in run_.stdout
@@ -327,22 +577,41 @@ def test_pytest_option_runs_the_harness(tmp_path):
     assert "FAILED hsa-conformance::golden[forest_interleaved]" in run_.stdout
     assert "FAILED hsa-conformance::property[one_leaf_trees_return_v]" in run_.stdout
     assert "minimal failing example: HSACase(" in run_.stdout
-    assert "golden[pair]" not in run_.stdout.split("short test summary")[-1]
     usage = _pytest(tmp_path, "--hsa-impl", "no_such_module_xyz:hsa")
     assert usage.returncode == pytest.ExitCode.USAGE_ERROR
     assert "cannot import" in usage.stderr
 
 
-def test_porting_guide_names_every_case_property_and_constant():
-    from hsa_ref.tolerance import ATOL_FACTOR, FLOAT32_RELATIVE, FLOAT32_RELATIVE_MAX_SCORE
+def test_porting_guide_names_every_case_property_flag_and_constant():
+    from hsa_ref.tolerance import (
+        ATOL_FACTOR,
+        FLOAT32_RELATIVE,
+        FLOAT32_RELATIVE_MAX_SCORE,
+        MAX_ROUNDED_SCORE,
+        PERTURBATIONS,
+    )
 
     guide = (ROOT / "docs" / "PORTING.md").read_text()
     for case in load_cases():
         assert f"| `{case.name}` |" in guide
     for name in PROPERTIES:
         assert f"| `{name}` |" in guide
-    formula = f"{ATOL_FACTOR:g} * eps[t] * (1 + score_max) * value_max"
-    assert formula in guide
+    for flag in (
+        "--energy",
+        "--single-tree",
+        "--without-positions",
+        "--contiguous-leaves",
+        "--forward-only",
+        "--timeout",
+        "--save-failures",
+        "--report",
+        "--dtype",
+    ):
+        assert f"`{flag}" in guide, flag
+    assert f"atol_factor = {ATOL_FACTOR:g}" in guide
+    assert f"{PERTURBATIONS} perturbations" in guide
     assert f"`{FLOAT32_RELATIVE:.0e}`".replace("e-0", "e-") in guide  # `1e-5`
     assert f"score_max <= {FLOAT32_RELATIVE_MAX_SCORE:g}" in guide
+    assert f"eps[t] * score_max > {MAX_ROUNDED_SCORE:g}" in guide
+    assert REPORT_FORMAT in guide
     assert "docs/PORTING.md" in (ROOT / "README.md").read_text()
