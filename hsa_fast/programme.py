@@ -23,7 +23,7 @@ the family, so nothing cancels when the family lies far from the origin.
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from .layout import FamilyBucket, HSALayout
 
@@ -86,13 +86,13 @@ def _small_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _block(
+    row0: int,
+    scale: float,
     q_rows: torch.Tensor,
     k_cols: torch.Tensor,
     v_cols: torch.Tensor,
     f_rows: torch.Tensor,
     log_size: torch.Tensor,
-    row0: int,
-    scale: float,
     var_rows: torch.Tensor | None,
     var_cols: torch.Tensor | None,
     p_rows: torch.Tensor | None,
@@ -124,6 +124,34 @@ def _block(
     log_z = torch.logsumexp(logits, dim=-1)  # L(B): (Z, f, r)
     delta = torch.exp(logits - log_z.unsqueeze(-1)).masked_fill(diagonal, 0.0)
     return log_z, _small_bmm(delta, v_cols)
+
+
+class _Recomputed(torch.autograd.Function):
+    """:func:`_block` that keeps only its inputs and evaluates itself again in the backward."""
+
+    @staticmethod
+    def forward(ctx, row0: int, scale: float, *tensors: torch.Tensor | None):
+        ctx.row0, ctx.scale = row0, scale
+        ctx.save_for_backward(*tensors)
+        return _block(row0, scale, *tensors)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_z: torch.Tensor, grad_sent: torch.Tensor):
+        needs = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            inputs = [
+                None if t is None else t.detach().requires_grad_(need)
+                for t, need in zip(ctx.saved_tensors, needs, strict=True)
+            ]
+            outputs = _block(ctx.row0, ctx.scale, *inputs)
+        wanted = [x for x in inputs if x is not None and x.requires_grad]
+        grads = iter(torch.autograd.grad(outputs, wanted, (grad_log_z, grad_sent)))
+        return (
+            None,
+            None,
+            *(next(grads) if x is not None and x.requires_grad else None for x in inputs),
+        )
 
 
 def _blocks(z: int, f: int, w: int, budget: int) -> list[tuple[int, int, int, int]]:
@@ -217,19 +245,19 @@ def hsa_programme(
         recompute = tracked and w > RECOMPUTE_WIDTH
         for a, b, r0, r1 in _blocks(z, f, w, budget):
             args = (
+                r0,
+                scale,
                 q_c[:, a:b, r0:r1],
                 k_c[:, a:b],
                 v_c[:, a:b],
                 f_c[:, a:b, r0:r1],
                 log_size[a:b],
-                r0,
-                scale,
                 var_q[:, a:b, r0:r1] if distance else None,
                 var_k[:, a:b] if distance else None,
                 p_c[a:b, r0:r1] if p_c is not None else None,
                 p_c[a:b] if p_c is not None else None,
             )
-            out = checkpoint(_block, *args, use_reentrant=False) if recompute else _block(*args)
+            out = _Recomputed.apply(*args) if recompute else _block(*args)
             log_z[:, a:b, r0:r1] = out[0]
             sent[:, a:b, r0:r1] = out[1]
         f_fam.index_copy_(1, fam, (log_z * weight).sum(-1))  # F(A) = sum_B |B|/|A| L(B)
