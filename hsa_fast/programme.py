@@ -118,9 +118,10 @@ def _block(
     if p_rows is not None:
         energies = energies + p_rows @ p_cols.transpose(-1, -2)
     # Row B: F(B) on the diagonal, log|C| + e_BC off it (-inf in padded columns).
+    logits = energies + log_size.unsqueeze(-2)
+    logits.diagonal(offset=row0, dim1=-2, dim2=-1).copy_(f_rows)
     cols = torch.arange(w, device=q_rows.device)
     diagonal = cols == torch.arange(row0, row0 + r, device=q_rows.device).unsqueeze(-1)
-    logits = torch.where(diagonal, f_rows.unsqueeze(-1), energies + log_size.unsqueeze(-2))
     log_z = torch.logsumexp(logits, dim=-1)  # L(B): (Z, f, r)
     delta = torch.exp(logits - log_z.unsqueeze(-1)).masked_fill(diagonal, 0.0)
     return log_z, _small_bmm(delta, v_cols)
