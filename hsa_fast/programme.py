@@ -107,24 +107,27 @@ def _block(
     Positions add ``p_rows (f, r, d_p) @ p_cols (f, w, d_p)^T``. Returns ``(Z, f, r)`` and
     ``(Z, f, r, d_v)``.
     """
-    r, w = q_rows.shape[-2], k_cols.shape[-2]
-    # e_BC: (Z, f, r, w); for w <= 2 a broadcast product beats bmm on tiny matrices
+    w = k_cols.shape[-2]
+    # e_BC: (Z, f, r, w), one tensor updated in place (no op here saves what it overwrites);
+    # for w <= 2 a broadcast product beats bmm on tiny matrices
     if w <= 2:
-        energies = scale * (q_rows.unsqueeze(-2) * k_cols.unsqueeze(-3)).sum(-1)
+        logits = (q_rows.unsqueeze(-2) * k_cols.unsqueeze(-3)).sum(-1)
     else:
-        energies = scale * (q_rows @ k_cols.transpose(-1, -2))
+        logits = q_rows @ k_cols.transpose(-1, -2)
+    logits.mul_(scale)
     if var_rows is not None:
-        energies = energies - 0.5 * scale * (var_rows.unsqueeze(-1) + var_cols.unsqueeze(-2))
+        logits.add_(var_rows.unsqueeze(-1), alpha=-0.5 * scale)
+        logits.add_(var_cols.unsqueeze(-2), alpha=-0.5 * scale)
     if p_rows is not None:
-        energies = energies + p_rows @ p_cols.transpose(-1, -2)
+        logits.add_(p_rows @ p_cols.transpose(-1, -2))
     # Row B: F(B) on the diagonal, log|C| + e_BC off it (-inf in padded columns).
-    logits = energies + log_size.unsqueeze(-2)
+    logits.add_(log_size.unsqueeze(-2))
     logits.diagonal(offset=row0, dim1=-2, dim2=-1).copy_(f_rows)
-    cols = torch.arange(w, device=q_rows.device)
-    diagonal = cols == torch.arange(row0, row0 + r, device=q_rows.device).unsqueeze(-1)
     log_z = torch.logsumexp(logits, dim=-1)  # L(B): (Z, f, r)
-    delta = torch.exp(logits - log_z.unsqueeze(-1)).masked_fill(diagonal, 0.0)
-    return log_z, _small_bmm(delta, v_cols)
+    delta = logits - log_z.unsqueeze(-1)
+    del logits  # without autograd its memory is free from here
+    delta.diagonal(offset=row0, dim1=-2, dim2=-1).fill_(-torch.inf)
+    return log_z, _small_bmm(delta.exp_(), v_cols)  # delta(B, C) off the diagonal, 0 on it
 
 
 class _Recomputed(torch.autograd.Function):
