@@ -8,14 +8,13 @@ from __future__ import annotations
 import torch
 
 from hsa_ref import Hierarchy, check_attention_inputs
+from hsa_ref.validation import check_dtype
 
 from .layout import HSALayout, compile_hierarchy
 from .programme import accumulation_dtype, hsa_programme
 from .triton_programme import choose_backend, hsa_triton
 
 __all__ = ["centre_per_tree", "hsa"]
-
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def centre_per_tree(
@@ -81,10 +80,7 @@ def hsa(
     checked = check_attention_inputs(
         q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
     )
-    if checked.q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"q, k and v must be float64, float32, float16 or bfloat16, got {checked.q.dtype}"
-        )
+    check_dtype(checked.q.dtype, "the dtype of q, k and v")
     layout = compile_hierarchy(hierarchy, checked.q.device)
     chosen = choose_backend(backend, checked.q, checked.v, checked.positions, hierarchy.num_nodes)
     run = hsa_triton if chosen == "triton" else hsa_programme

@@ -369,6 +369,14 @@ def test_bad_input_is_rejected_like_the_reference():
         compile_hierarchy("tree")
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_float8_is_refused(dtype):
+    h = Hierarchy.balanced(4, 2)
+    q = torch.ones(4, 2).to(dtype)
+    with pytest.raises(TypeError, match=f"the dtype of q, k and v must be .*got {dtype}"):
+        hsa(q, q, q, h)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
