@@ -402,3 +402,14 @@ def test_empty_batches_and_values(batch, d_v):
     out = hsa(q, k, v, h)
     assert out.shape == (*batch, 5, d_v)
     torch.testing.assert_close(out, hsa_reference(q, k, v, h))
+
+
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 300), st.integers(1, 5000))
+def test_blocks_cover_every_row_once_within_the_budget(z, f, w, budget):
+    from hsa_fast.programme import _blocks
+
+    seen = torch.zeros(f, w, dtype=torch.long)
+    for a, b, r0, r1 in _blocks(z, f, w, budget):
+        assert z * (b - a) * (r1 - r0) * w <= budget or (b - a, r1 - r0) == (1, 1)
+        seen[a:b, r0:r1] += 1
+    assert bool((seen == 1).all())
