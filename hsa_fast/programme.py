@@ -9,15 +9,15 @@ autograd stays exact. Nothing of size ``N x N`` is formed.
 Memory: a bucket's ``w x w`` energies are formed a block at a time, a block being a chunk of
 families (or, for a family wider than the budget allows, a chunk of its rows) with at most
 ``chunk_elements`` energies, so the extra memory is ``O((N + M) d + chunk_elements)`` whatever
-the branching (one row of ``w <= N`` energies is always allowed). Under autograd, blocks wider
-than :data:`RECOMPUTE_WIDTH` are recomputed in the backward pass instead of keeping their
-``w x w`` intermediates.
+the branching (one row of ``w <= N`` energies is always allowed). Under autograd, the blocks of
+buckets wider than :data:`RECOMPUTE_WIDTH` keep only their inputs and are evaluated again in the
+backward pass; narrower ones keep their intermediates, O(N RECOMPUTE_WIDTH) in all.
 
 Distance energy: every node keeps the means ``qbar, kbar`` and the variances
 ``Vq(A) = mean over i in A of |q_i - qbar_A|^2`` (and ``Vk``), and the block energy is
 ``e_BC = -scale/2 (|qbar_B - kbar_C|^2 + Vq(B) + Vk(C))``, with ``|qbar_B - kbar_C|^2``
-expanded around the family's centre ``(qbar_A + kbar_A) / 2``: every term is a deviation from
-the family, so nothing cancels when the family lies far from the origin.
+expanded around the family's centre ``(qbar_A + kbar_A) / 2``: every term measures a deviation
+within the family, so no cancellation grows with the family's distance from the origin.
 """
 
 from __future__ import annotations
@@ -240,6 +240,7 @@ def hsa_programme(
             dq, dk = q_c - (q_a.unsqueeze(-2) - centre), k_c - (k_a.unsqueeze(-2) - centre)
             vq_fam.index_copy_(1, fam, ((vq_c + dq.square().sum(-1)) * weight).sum(-1))
             vk_fam.index_copy_(1, fam, ((vk_c + dk.square().sum(-1)) * weight).sum(-1))
+            del dq, dk
             var_q, var_k = vq_c + q_c.square().sum(-1), vk_c + k_c.square().sum(-1)
         log_z = q.new_empty(z, f, w)
         if bucket.leaf_start is not None:  # sent values go straight to their leaves' rows

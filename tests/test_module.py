@@ -131,7 +131,6 @@ def test_wrong_embedding_size_is_named():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"key_padding_mask": torch.zeros(2, 12, dtype=torch.bool)}, "Hierarchy.forest"),
         ({"attn_mask": torch.zeros(12, 12, dtype=torch.bool)}, "attn_mask and is_causal"),
         ({"is_causal": True}, "attn_mask and is_causal"),
     ],
@@ -160,3 +159,51 @@ def test_works_under_torch_compile():
     compiled(x, hierarchy=H)[0].sum().backward()
     assert x.grad is not None
     assert torch.isfinite(x.grad).all()
+
+
+def test_key_padding_mask_makes_pads_one_leaf_trees():
+    torch.manual_seed(5)
+    layer = HierarchicalSelfAttention(8, 2, batch_first=True, dtype=torch.float64)
+    x = torch.randn(3, 12, 8, dtype=torch.float64)
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[1, 9:] = True  # the last segment of three tokens: its family goes
+    mask[2, [0, 4, 5]] = True  # scattered pads; the segment of tokens 3-4 keeps one child
+    out, weights = layer(x, hierarchy=H, key_padding_mask=mask, need_weights=True)
+    torch.testing.assert_close(out[0], layer(x[:1], hierarchy=H)[0][0])
+    alone = layer(x[1:2, :9], hierarchy=Hierarchy.from_segments([[3, 2, 4], [2, 1]]))[0][0]
+    torch.testing.assert_close(out[1, :9], alone)
+    pads = mask.nonzero().unbind(1)
+    torch.testing.assert_close(out[pads], layer.out_proj(layer.v_proj(x[pads])))
+    # pads change nothing else, and receive no attention
+    x2 = x.clone()
+    x2[pads] = torch.randn(len(pads[0]), 8, dtype=torch.float64)
+    torch.testing.assert_close(layer(x2, hierarchy=H, key_padding_mask=mask)[0][~mask], out[~mask])
+    assert weights[mask.unsqueeze(1).expand(3, 12, 12) & ~mask.unsqueeze(2)].abs().max() == 0
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 12, dtype=torch.float64))
+    torch.testing.assert_close(weights[0], layer(x[:1], hierarchy=H, need_weights=True)[1][0])
+
+
+def test_key_padding_mask_with_positions_and_unbatched():
+    torch.manual_seed(6)
+    layer = HierarchicalSelfAttention(8, 2, dtype=torch.float64)  # sequence first
+    x = torch.randn(12, 2, 8, dtype=torch.float64)
+    pos = torch.randn(H.num_nodes, 3, dtype=torch.float64)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    out, _ = layer(x, hierarchy=H, positions=pos, key_padding_mask=mask)
+    torch.testing.assert_close(out, layer(x, hierarchy=H, positions=pos)[0])
+    single = layer(x[:, 0], hierarchy=H, key_padding_mask=mask[0], positions=pos)[0]
+    torch.testing.assert_close(single, out[:, 0])
+
+
+@pytest.mark.parametrize(
+    ("mask", "error", "match"),
+    [
+        (torch.zeros(2, 12), TypeError, "bool tensor"),
+        ([[False] * 12] * 2, TypeError, "torch.Tensor"),
+        (torch.zeros(2, 11, dtype=torch.bool), ValueError, r"shape \(2, 12\)"),
+    ],
+)
+def test_bad_key_padding_mask(mask, error, match):
+    layer = HierarchicalSelfAttention(8, 2, batch_first=True)
+    with pytest.raises(error, match=match):
+        layer(torch.randn(2, 12, 8), hierarchy=H, key_padding_mask=mask)
