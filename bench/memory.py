@@ -79,7 +79,7 @@ def child(case: dict) -> dict:
         f.write("5")  # reset VmHWM to the current RSS
     before = _status_kib("VmRSS")
     with torch.set_grad_enabled(backward):
-        out = run(q, k, v, layout, scale=d**-0.5, energy="dot")
+        out = run(q, k, v, layout, scale=d**-0.5, energy=case.get("energy", "dot"))
         if backward:
             out.backward(grad_out)
     peak = _status_kib("VmHWM")

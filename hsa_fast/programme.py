@@ -201,6 +201,7 @@ def hsa_programme(
     if distance:
         diff = q - k
         f_leaf = -0.5 * scale * torch.einsum("znd,znd->zn", diff, diff)
+        del diff
         var_leaf = q.new_zeros(z, n)  # Vq(i) = Vk(i) = 0
         vq_fam, vk_fam = family_buffer(), family_buffer()
     else:
@@ -232,15 +233,15 @@ def hsa_programme(
         k_fam.index_copy_(1, fam, k_a)
         v_fam.index_copy_(1, fam, _small_bmm(mean, v_c).squeeze(-2))
         if distance:
-            # Deviations from the family centre; Vq(A) = sum_B |B|/|A| (Vq(B) + |qbar_B - qbar_A|^2)
+            # Vq(A) = sum_B |B|/|A| (Vq(B) + |qbar_B - qbar_A|^2), then deviations from the centre
             vq_c = _children(bucket, var_leaf, vq_fam, 1)
             vk_c = _children(bucket, var_leaf, vk_fam, 1)
+            spread_q = (q_c - q_a.unsqueeze(-2)).square().sum(-1)
+            vq_fam.index_copy_(1, fam, ((vq_c + spread_q) * weight).sum(-1))
+            spread_k = (k_c - k_a.unsqueeze(-2)).square().sum(-1)
+            vk_fam.index_copy_(1, fam, ((vk_c + spread_k) * weight).sum(-1))
             centre = (0.5 * (q_a + k_a)).unsqueeze(-2)
             q_c, k_c = q_c - centre, k_c - centre
-            dq, dk = q_c - (q_a.unsqueeze(-2) - centre), k_c - (k_a.unsqueeze(-2) - centre)
-            vq_fam.index_copy_(1, fam, ((vq_c + dq.square().sum(-1)) * weight).sum(-1))
-            vk_fam.index_copy_(1, fam, ((vk_c + dk.square().sum(-1)) * weight).sum(-1))
-            del dq, dk
             var_q, var_k = vq_c + q_c.square().sum(-1), vk_c + k_c.square().sum(-1)
         log_z = q.new_empty(z, f, w)
         if bucket.leaf_start is not None:  # sent values go straight to their leaves' rows
