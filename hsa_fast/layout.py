@@ -63,7 +63,8 @@ class HSALayout:
 
     ``up``: buckets ordered so that every child is final before its family is processed;
     ``down``: per family depth ``t >= 1``, ``(families, parents)`` as local ids;
-    ``leaf_parent``: ``(N,)`` local parent of each leaf (``pad`` for a one-leaf tree).
+    ``leaf_parent``: ``(N,)`` local parent of each leaf (``pad`` for a one-leaf tree);
+    ``leaf_tree``: ``(N,)`` the tree of each leaf, numbered ``0 .. num_trees - 1``.
     ``num_energies`` is the number of energies the programme evaluates,
     ``N + sum_f b_f (b_f - 1)`` (leaf self terms and sibling blocks, padding excluded), counted
     from the buckets; ``num_padded_energies`` includes padded slots.
@@ -74,6 +75,8 @@ class HSALayout:
     up: tuple[FamilyBucket, ...]
     down: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     leaf_parent: torch.Tensor
+    leaf_tree: torch.Tensor
+    num_trees: int
     device: torch.device
     num_energies: int
     num_padded_energies: int
@@ -154,12 +157,15 @@ def _build(h: Hierarchy, device: torch.device) -> HSALayout:
                 )
             )
     leaf_parent = np.where(parent[:n] >= 0, parent[:n] - n, m)
+    roots, leaf_tree = np.unique(h.root_of[:n], return_inverse=True)
     return HSALayout(
         num_leaves=n,
         num_families=m,
         up=tuple(up),
         down=tuple(down),
         leaf_parent=torch.as_tensor(leaf_parent, dtype=torch.long, device=device),
+        leaf_tree=torch.as_tensor(leaf_tree.reshape(-1), dtype=torch.long, device=device),
+        num_trees=len(roots),
         device=device,
         num_energies=num_energies,
         num_padded_energies=num_padded,

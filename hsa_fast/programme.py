@@ -5,15 +5,35 @@ Per-leaf data stays in the caller's ``(Z, N, d)`` tensors; per-family data lives
 ``M + 1`` rows (the last one a zero padding family). Buffers are filled in place, one bucket or
 depth at a time, and read with ``index_select``, whose backward never needs the buffer, so
 autograd stays exact. Nothing of size ``N x N`` is formed.
+
+Memory: a bucket's ``w x w`` energies are formed a block at a time, a block being a chunk of
+families (or, for a family wider than the budget allows, a chunk of its rows) with at most
+``chunk_elements`` energies, so the extra memory is ``O((N + M) d + chunk_elements)`` whatever
+the branching (one row of ``w <= N`` energies is always allowed). Under autograd, the blocks of
+buckets wider than :data:`RECOMPUTE_WIDTH` keep only their inputs and are evaluated again in the
+backward pass; narrower ones keep their intermediates, O(N RECOMPUTE_WIDTH) in all.
+
+Distance energy: every node keeps the means ``qbar, kbar`` and the variances
+``Vq(A) = mean over i in A of |q_i - qbar_A|^2`` (and ``Vk``), and the block energy is
+``e_BC = -scale/2 (|qbar_B - kbar_C|^2 + Vq(B) + Vk(C))``, with ``|qbar_B - kbar_C|^2``
+expanded around the family's centre ``(qbar_A + kbar_A) / 2``: every term measures a deviation
+within the family, so no cancellation grows with the family's distance from the origin.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .layout import FamilyBucket, HSALayout
 
-__all__ = ["accumulation_dtype", "hsa_programme"]
+__all__ = ["CHUNK_ELEMENTS", "RECOMPUTE_WIDTH", "accumulation_dtype", "hsa_programme"]
+
+CHUNK_ELEMENTS = 1 << 22
+"""Default budget: the most energies (batch included) one block of the up pass forms."""
+
+RECOMPUTE_WIDTH = 32
+"""Under autograd, buckets wider than this recompute their blocks in the backward pass."""
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -65,6 +85,88 @@ def _small_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
+def _block(
+    row0: int,
+    scale: float,
+    q_rows: torch.Tensor,
+    k_cols: torch.Tensor,
+    v_cols: torch.Tensor,
+    f_rows: torch.Tensor,
+    log_size: torch.Tensor,
+    var_rows: torch.Tensor | None,
+    var_cols: torch.Tensor | None,
+    p_rows: torch.Tensor | None,
+    p_cols: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L(B)`` and ``sum_C delta(B, C) mean v_C`` for rows ``row0 ..`` of a chunk of families.
+
+    ``q_rows (Z, f, r, d_k)``, ``f_rows (Z, f, r)``: the rows' children; ``k_cols (Z, f, w,
+    d_k)``, ``v_cols (Z, f, w, d_v)``, ``log_size (f, w)``: all children. For the distance
+    energy ``q_rows, k_cols`` are deviations from the family centre and ``var_rows (Z, f, r)``,
+    ``var_cols (Z, f, w)`` hold ``Vq + |q - centre|^2`` and ``Vk + |k - centre|^2``.
+    Positions add ``p_rows (f, r, d_p) @ p_cols (f, w, d_p)^T``. Returns ``(Z, f, r)`` and
+    ``(Z, f, r, d_v)``.
+    """
+    w = k_cols.shape[-2]
+    # e_BC: (Z, f, r, w), one tensor updated in place (no op here saves what it overwrites);
+    # for w <= 2 a broadcast product beats bmm on tiny matrices
+    if w <= 2:
+        logits = (q_rows.unsqueeze(-2) * k_cols.unsqueeze(-3)).sum(-1)
+    else:
+        logits = q_rows @ k_cols.transpose(-1, -2)
+    logits.mul_(scale)
+    if var_rows is not None:
+        logits.add_(var_rows.unsqueeze(-1), alpha=-0.5 * scale)
+        logits.add_(var_cols.unsqueeze(-2), alpha=-0.5 * scale)
+    if p_rows is not None:
+        logits.add_(p_rows @ p_cols.transpose(-1, -2))
+    # Row B: F(B) on the diagonal, log|C| + e_BC off it (-inf in padded columns).
+    logits.add_(log_size.unsqueeze(-2))
+    logits.diagonal(offset=row0, dim1=-2, dim2=-1).copy_(f_rows)
+    log_z = torch.logsumexp(logits, dim=-1)  # L(B): (Z, f, r)
+    delta = logits - log_z.unsqueeze(-1)
+    del logits  # without autograd its memory is free from here
+    delta.diagonal(offset=row0, dim1=-2, dim2=-1).fill_(-torch.inf)
+    return log_z, _small_bmm(delta.exp_(), v_cols)  # delta(B, C) off the diagonal, 0 on it
+
+
+class _Recomputed(torch.autograd.Function):
+    """:func:`_block` that keeps only its inputs and evaluates itself again in the backward."""
+
+    @staticmethod
+    def forward(ctx, row0: int, scale: float, *tensors: torch.Tensor | None):
+        ctx.row0, ctx.scale = row0, scale
+        ctx.save_for_backward(*tensors)
+        return _block(row0, scale, *tensors)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_z: torch.Tensor, grad_sent: torch.Tensor):
+        needs = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            inputs = [
+                None if t is None else t.detach().requires_grad_(need)
+                for t, need in zip(ctx.saved_tensors, needs, strict=True)
+            ]
+            outputs = _block(ctx.row0, ctx.scale, *inputs)
+        wanted = [x for x in inputs if x is not None and x.requires_grad]
+        grads = iter(torch.autograd.grad(outputs, wanted, (grad_log_z, grad_sent)))
+        return (
+            None,
+            None,
+            *(next(grads) if x is not None and x.requires_grad else None for x in inputs),
+        )
+
+
+def _blocks(z: int, f: int, w: int, budget: int) -> list[tuple[int, int, int, int]]:
+    """``(family0, family1, row0, row1)`` blocks of at most ``budget`` energies, or one row."""
+    per_family = max(1, budget // max(1, z * w * w))
+    if z * w * w <= budget:
+        return [(a, min(f, a + per_family), 0, w) for a in range(0, f, per_family)]
+    rows = max(1, budget // max(1, z * w))
+    return [(a, a + 1, r, min(w, r + rows)) for a in range(f) for r in range(0, w, rows)]
+
+
 def hsa_programme(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -74,29 +176,36 @@ def hsa_programme(
     scale: float,
     energy: str,
     positions: torch.Tensor | None = None,
+    chunk_elements: int | None = None,
 ) -> torch.Tensor:
     """HSA of validated ``q, k: (..., N, d_k)``, ``v: (..., N, d_v)`` (equal batch shapes).
 
     Returns ``(..., N, d_v)`` in the input dtype; accumulates in :func:`accumulation_dtype`.
+    ``chunk_elements`` (default :data:`CHUNK_ELEMENTS`) bounds the energies formed at once.
     """
+    budget = CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
     out_dtype, acc = q.dtype, accumulation_dtype(q.dtype)
     batch, n, d_k, d_v = q.shape[:-2], q.shape[-2], q.shape[-1], v.shape[-1]
     m = layout.num_families
     z = batch.numel()
     q, k, v = (x.reshape(z, n, x.shape[-1]).to(acc) for x in (q, k, v))  # (Z, N, d)
+    distance = energy == "distance"
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, positions)
+    )
 
     def family_buffer(*rest: int) -> torch.Tensor:
         return q.new_zeros(z, m + 1, *rest)
 
     # ---- leaves: F(i) = s_ii (+ <p_i, p_i>)
-    if energy == "dot":
-        f_leaf = scale * torch.einsum("znd,znd->zn", q, k)
-    else:
+    if distance:
         diff = q - k
         f_leaf = -0.5 * scale * torch.einsum("znd,znd->zn", diff, diff)
-        q_sq_leaf = torch.einsum("znd,znd->zn", q, q)  # mean squared norms, for distance
-        k_sq_leaf = torch.einsum("znd,znd->zn", k, k)
-        q_sq_fam, k_sq_fam = family_buffer(), family_buffer()
+        del diff
+        var_leaf = q.new_zeros(z, n)  # Vq(i) = Vk(i) = 0
+        vq_fam, vk_fam = family_buffer(), family_buffer()
+    else:
+        f_leaf = scale * torch.einsum("znd,znd->zn", q, k)
     if positions is not None:
         pos = positions.to(acc)
         pos_leaf, pos_fam = pos[:n], torch.cat([pos[n:], pos.new_zeros(1, pos.shape[1])])
@@ -109,40 +218,58 @@ def hsa_programme(
 
     # ---- up, height by height: block energies, L(B) of each child, F(A) of each family
     for bucket in layout.up:
-        fam, w = bucket.family, bucket.width
+        fam, f, w = bucket.family, bucket.num_families, bucket.width
         weight = bucket.weight.to(acc)  # |B| / |A|, (f, w)
+        log_size = bucket.log_size.to(acc)
         q_c = _children(bucket, q, q_fam, 1)  # (Z, f, w, d_k)
         k_c = _children(bucket, k, k_fam, 1)
         v_c = _children(bucket, v, v_fam, 1)
         f_c = _children(bucket, f_leaf, f_fam, 1)  # F(B): (Z, f, w)
-        # e_BC: (Z, f, w, w); for w <= 2 a broadcast product beats bmm on tiny matrices
-        if w <= 2:
-            energies = scale * (q_c.unsqueeze(-2) * k_c.unsqueeze(-3)).sum(-1)
-        else:
-            energies = scale * (q_c @ k_c.transpose(-1, -2))
-        if energy == "distance":
-            q_sq = _children(bucket, q_sq_leaf, q_sq_fam, 1)
-            k_sq = _children(bucket, k_sq_leaf, k_sq_fam, 1)
-            energies = energies - 0.5 * scale * (q_sq.unsqueeze(-1) + k_sq.unsqueeze(-2))
-            q_sq_fam.index_copy_(1, fam, (q_sq * weight).sum(-1))
-            k_sq_fam.index_copy_(1, fam, (k_sq * weight).sum(-1))
-        if positions is not None:
-            p_c = _children(bucket, pos_leaf, pos_fam, 0)  # (f, w, d_p)
-            energies = energies + p_c @ p_c.transpose(-1, -2)
-        # Row B: F(B) on the diagonal, log|C| + e_BC off it (-inf in padded columns).
-        logits = energies + bucket.log_size.to(acc).unsqueeze(1)
-        logits.diagonal(dim1=-2, dim2=-1).copy_(f_c)
-        log_z = torch.logsumexp(logits, dim=-1)  # L(B): (Z, f, w)
-        share = torch.exp(logits - log_z.unsqueeze(-1))  # mu(B) on the diagonal, delta(B, C) off
-        f_fam.index_copy_(1, fam, (log_z * weight).sum(-1))  # F(A) = sum_B |B|/|A| L(B)
+        p_c = _children(bucket, pos_leaf, pos_fam, 0) if positions is not None else None
         mean = weight.unsqueeze(1)  # (f, 1, w): mean over A = weighted mean over children
-        q_fam.index_copy_(1, fam, _small_bmm(mean, q_c).squeeze(-2))
-        k_fam.index_copy_(1, fam, _small_bmm(mean, k_c).squeeze(-2))
+        q_a = _small_bmm(mean, q_c).squeeze(-2)  # (Z, f, d_k)
+        k_a = _small_bmm(mean, k_c).squeeze(-2)
+        q_fam.index_copy_(1, fam, q_a)
+        k_fam.index_copy_(1, fam, k_a)
         v_fam.index_copy_(1, fam, _small_bmm(mean, v_c).squeeze(-2))
-        eye = torch.eye(w, dtype=torch.bool, device=share.device)
-        sent = _small_bmm(share.masked_fill(eye, 0.0), v_c)  # (Z, f, w, d_v)
+        if distance:
+            # Vq(A) = sum_B |B|/|A| (Vq(B) + |qbar_B - qbar_A|^2), then deviations from the centre
+            vq_c = _children(bucket, var_leaf, vq_fam, 1)
+            vk_c = _children(bucket, var_leaf, vk_fam, 1)
+            spread_q = (q_c - q_a.unsqueeze(-2)).square().sum(-1)
+            vq_fam.index_copy_(1, fam, ((vq_c + spread_q) * weight).sum(-1))
+            spread_k = (k_c - k_a.unsqueeze(-2)).square().sum(-1)
+            vk_fam.index_copy_(1, fam, ((vk_c + spread_k) * weight).sum(-1))
+            centre = (0.5 * (q_a + k_a)).unsqueeze(-2)
+            q_c, k_c = q_c - centre, k_c - centre
+            var_q, var_k = vq_c + q_c.square().sum(-1), vk_c + k_c.square().sum(-1)
+        log_z = q.new_empty(z, f, w)
+        if bucket.leaf_start is not None:  # sent values go straight to their leaves' rows
+            sent = sent_leaf.narrow(1, bucket.leaf_start, f * w).unflatten(1, (f, w))
+        else:
+            sent = q.new_empty(z, f, w, d_v)
+        recompute = tracked and w > RECOMPUTE_WIDTH
+        for a, b, r0, r1 in _blocks(z, f, w, budget):
+            args = (
+                r0,
+                scale,
+                q_c[:, a:b, r0:r1],
+                k_c[:, a:b],
+                v_c[:, a:b],
+                f_c[:, a:b, r0:r1],
+                log_size[a:b],
+                var_q[:, a:b, r0:r1] if distance else None,
+                var_k[:, a:b] if distance else None,
+                p_c[a:b, r0:r1] if p_c is not None else None,
+                p_c[a:b] if p_c is not None else None,
+            )
+            out = _Recomputed.apply(*args) if recompute else _block(*args)
+            log_z[:, a:b, r0:r1] = out[0]
+            sent[:, a:b, r0:r1] = out[1]
+        f_fam.index_copy_(1, fam, (log_z * weight).sum(-1))  # F(A) = sum_B |B|/|A| L(B)
         _write_back(bucket, (f_c - log_z).flatten(1, 2), log_mu_leaf, log_mu_fam)
-        _write_back(bucket, sent.flatten(1, 2), sent_leaf, sent_fam)
+        if bucket.leaf_start is None:
+            _write_back(bucket, sent.flatten(1, 2), sent_leaf, sent_fam)
 
     # ---- down: log W(B) = log W(A) + F(B) - L(B);  U(B) = U(A) + W(A) sent(B)
     log_w, u = family_buffer(), family_buffer(d_v)  # W(root) = 1, U(root) = 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence, Set
 from functools import cached_property
 from typing import Any
 
@@ -27,9 +28,23 @@ def _as_int(value: Any, what: str) -> int:
     return int(value)
 
 
+MAX_LISTED = 10
+"""Error messages list at most this many ids."""
+
+
+def _listed(ids: Sequence[int]) -> str:
+    """``ids`` for an error message, cut to :data:`MAX_LISTED` entries."""
+    if len(ids) <= MAX_LISTED:
+        return str(list(ids))
+    return f"[{', '.join(map(str, ids[:MAX_LISTED]))}, ...] ({len(ids)} in all)"
+
+
 def _as_int_list(values: Any, what: str) -> list[int]:
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        raise TypeError(f"{what} must be a sequence of integers, got {type(values).__name__}")
+    if isinstance(values, str | bytes | Mapping | Set) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"{what} must be a sequence of integers (list, tuple, array), "
+            f"got {type(values).__name__}"
+        )
     if hasattr(values, "tolist") and not isinstance(values, list):  # numpy arrays, torch tensors
         values = values.tolist()
     return [_as_int(x, f"{what}[{i}]") for i, x in enumerate(values)]
@@ -60,13 +75,12 @@ class Hierarchy:
             raise ValueError(
                 f"num_leaves = {num_leaves} exceeds the number of nodes len(parent) = {n}"
             )
-        arr = np.asarray(par, dtype=np.int64)
-        bad = np.flatnonzero((arr < -1) | (arr >= n))
-        if bad.size:
-            x = int(bad[0])
+        bad = next((x for x, p in enumerate(par) if not -1 <= p < n), None)
+        if bad is not None:
             raise ValueError(
-                f"parent[{x}] = {par[x]} is out of range: ids are -1 (root) or 0..{n - 1}"
+                f"parent[{bad}] = {par[bad]} is out of range: ids are -1 (root) or 0..{n - 1}"
             )
+        arr = np.asarray(par, dtype=np.int64)
         selfloop = np.flatnonzero(arr == np.arange(n))
         if selfloop.size:
             x = int(selfloop[0])
@@ -135,43 +149,64 @@ class Hierarchy:
 
         Every leaf id ``0 .. N-1`` must appear exactly once. ``[[0, 1], [2, [3, 4]]]`` is a root
         with two families; a bare ``0`` is a one-leaf tree. Families are numbered in
-        depth-first order from ``N``.
+        depth-first order from ``N``. Any depth works (no recursion); a list that appears twice
+        (one that contains itself, say) raises ``ValueError``.
         """
-        leaves: list[int] = []
-        families: list[list[Any]] = []
+        fam_parent: list[int] = []  # parent family of each family (-1 for the root)
+        where: list[tuple[int, int]] = []  # (parent family, index in it) of each family
+        leaves: list[tuple[int, int]] = []  # (leaf id, parent family)
+        seen: set[int] = set()
 
-        def count(node: Any, path: str) -> None:
+        def path(up: int, index: int) -> str:
+            steps = [] if up < 0 else [index]
+            while up >= 0:
+                up, index = where[up]
+                if up >= 0:
+                    steps.append(index)
+            steps.reverse()
+            if len(steps) > 2 * MAX_LISTED:
+                head = "".join(f"[{i}]" for i in steps[:MAX_LISTED])
+                tail = "".join(f"[{i}]" for i in steps[-MAX_LISTED:])
+                return f"nested{head}...{tail} (depth {len(steps)})"
+            return "nested" + "".join(f"[{i}]" for i in steps)
+
+        stack: list[tuple[Any, int, int]] = [(nested, -1, 0)]
+        while stack:
+            node, up, index = stack.pop()
             if isinstance(node, list | tuple):
+                if id(node) in seen:
+                    raise ValueError(
+                        f"the list at {path(up, index)} appears more than once in nested "
+                        "(does a list contain itself?): a family has one place in the tree"
+                    )
+                seen.add(id(node))
                 if len(node) == 0:
-                    raise ValueError(f"empty family at {path}: a family needs at least one child")
-                for i, child in enumerate(node):
-                    count(child, f"{path}[{i}]")
+                    raise ValueError(
+                        f"empty family at {path(up, index)}: a family needs at least one child"
+                    )
+                fam = len(fam_parent)
+                fam_parent.append(up)
+                where.append((up, index))
+                stack.extend((node[i], fam, i) for i in range(len(node) - 1, -1, -1))
+            elif isinstance(node, bool | np.bool_) or not isinstance(node, numbers.Integral):
+                raise TypeError(
+                    f"leaf id at {path(up, index)} must be an integer, got {node!r} "
+                    f"({type(node).__name__})"
+                )
             else:
-                leaves.append(_as_int(node, f"leaf id at {path}"))
-
-        count(nested, "nested")
+                leaves.append((int(node), up))
         n = len(leaves)
-        seen = sorted(leaves)
-        if seen != list(range(n)):
-            dup = sorted({x for x in leaves if leaves.count(x) > 1})
-            missing = sorted(set(range(n)) - set(leaves))
+        ids = [leaf for leaf, _ in leaves]
+        if sorted(ids) != list(range(n)):
+            dup = sorted(x for x, c in Counter(ids).items() if c > 1)
+            missing = sorted(set(range(n)) - set(ids))
             raise ValueError(
-                f"leaf ids must be 0..{n - 1}, each exactly once; duplicated: {dup[:10]}, "
-                f"missing: {missing[:10]}"
+                f"leaf ids must be 0..{n - 1}, each exactly once; duplicated: {_listed(dup)}, "
+                f"missing: {_listed(missing)}"
             )
-        parent = [-1] * n
-
-        def build(node: Any, up: int) -> None:
-            if isinstance(node, list | tuple):
-                fam = len(parent)
-                parent.append(up)
-                families.append(list(node))
-                for child in node:
-                    build(child, fam)
-            else:
-                parent[int(node)] = up
-
-        build(nested, -1)
+        parent = [-1] * n + [n + up if up >= 0 else -1 for up in fam_parent]
+        for leaf, up in leaves:
+            parent[leaf] = n + up if up >= 0 else -1
         return cls(parent, n)
 
     @classmethod
@@ -224,6 +259,10 @@ class Hierarchy:
     @classmethod
     def forest(cls, trees: Sequence[Hierarchy]) -> Hierarchy:
         """Pack hierarchies side by side: leaves of ``trees[t]`` follow those of ``trees[t-1]``."""
+        if isinstance(trees, Hierarchy) or not isinstance(trees, Iterable):
+            raise TypeError(
+                f"forest() takes a sequence of Hierarchy objects, got {type(trees).__name__}"
+            )
         trees = list(trees)
         if not trees:
             raise ValueError("forest() needs at least one hierarchy")
@@ -499,7 +538,9 @@ class Hierarchy:
         stuck = np.flatnonzero(anc >= 0)
         if stuck.size:
             cycle = self._find_cycle(int(stuck[0]))
-            raise ValueError(f"cycle among nodes {cycle}: every node must reach a root (-1)")
+            raise ValueError(
+                f"cycle among nodes {_listed(cycle)}: every node must reach a root (-1)"
+            )
 
     def _find_cycle(self, start: int) -> list[int]:
         seen: dict[int, int] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .hierarchy import Hierarchy
-from .validation import check_attention_inputs
+from .validation import check_attention_inputs, check_dtype
 
 __all__ = [
     "attention_from_shares",
@@ -73,6 +73,7 @@ def _prepare(q, k, hierarchy, scale, energy, positions, dtype):
     checked = check_attention_inputs(
         q, k, None, hierarchy, scale=scale, energy=energy, positions=positions
     )
+    dtype = check_dtype(dtype)
     qd, kd = checked.q.to(dtype), checked.k.to(dtype)
     s = score_matrix(qd, kd, scale=checked.scale, energy=checked.energy)
     pos = checked.positions.to(dtype) if checked.positions is not None else None
@@ -130,6 +131,7 @@ def attention_from_shares(
     ``dtype`` and ``device`` apply when there are no families (a forest of one-leaf trees).
     """
     n = hierarchy.num_leaves
+    dtype = check_dtype(dtype)
     missing = set(hierarchy.families) - shares.keys()
     if missing:
         raise ValueError(f"shares lacks the families {sorted(missing)[:10]}")
@@ -247,6 +249,7 @@ def hsa_reference(
     checked = check_attention_inputs(
         q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
     )
+    dtype = check_dtype(dtype)
     kw = {"scale": checked.scale, "energy": checked.energy, "dtype": dtype}
     if hierarchy.num_trees == 1:
         theta = hsa_attention_matrix(
@@ -285,6 +288,7 @@ def kl_to_softmax(
     row-stochastic matrices constant on sibling blocks (SPEC section 4).
     """
     checked = check_attention_inputs(q, k, None, hierarchy, scale=scale, energy=energy)
+    dtype = check_dtype(dtype)
     s = score_matrix(
         checked.q.to(dtype), checked.k.to(dtype), scale=checked.scale, energy=checked.energy
     )
@@ -312,6 +316,7 @@ def softmax_kl_lower_bound(
     the minimum over all block-constant row-stochastic matrices.
     """
     checked = check_attention_inputs(q, k, None, hierarchy, scale=scale, energy=energy)
+    dtype = check_dtype(dtype)
     s = score_matrix(
         checked.q.to(dtype), checked.k.to(dtype), scale=checked.scale, energy=checked.energy
     )

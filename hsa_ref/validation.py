@@ -10,9 +10,11 @@ import torch
 
 from .hierarchy import Hierarchy
 
-__all__ = ["ENERGIES", "AttentionInputs", "check_attention_inputs"]
+__all__ = ["DTYPES", "ENERGIES", "AttentionInputs", "check_attention_inputs", "check_dtype"]
 
 ENERGIES = ("dot", "distance")
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+"""The dtypes HSA is evaluated in (float8 and complex dtypes are refused)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,21 @@ def check_scale(scale: object, d_k: int) -> float:
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
+
+
+def check_dtype(dtype: object, what: str = "dtype") -> torch.dtype:
+    """``dtype`` if it is one of :data:`DTYPES`; ``TypeError`` naming it otherwise."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"{what} must be a torch.dtype (torch.float64, torch.float32, torch.float16 or "
+            f"torch.bfloat16), got {dtype!r} ({type(dtype).__name__})"
+        )
+    if dtype not in DTYPES:
+        raise TypeError(
+            f"{what} must be torch.float64, torch.float32, torch.float16 or torch.bfloat16, "
+            f"got {dtype}"
+        )
+    return dtype
 
 
 def check_energy(energy: object) -> str:

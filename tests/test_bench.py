@@ -227,3 +227,25 @@ def test_plots_from_synthetic_runs(tmp_path, capsys) -> None:
 
 def test_plots_without_results_fails(tmp_path) -> None:
     assert plots.main(["--results", str(tmp_path)]) == 1
+
+
+# ----------------------------------------------------------------------------------- memory
+def test_memory_baseline_is_the_programme_of_that_revision(tmp_path):
+    """bench.memory extracts a revision's programme into a module that runs on today's layout:
+    HEAD's programme gives HEAD's output, and the child reports a byte count."""
+    import torch
+
+    from bench import memory
+    from hsa_fast import compile_hierarchy
+    from hsa_fast.programme import hsa_programme
+
+    old = memory._load_programme(memory._baseline_file("HEAD", str(tmp_path)))
+    assert old is not hsa_programme
+    layout = compile_hierarchy(Hierarchy.balanced(50, 7))
+    q, k, v = (torch.randn(1, 50, 4) for _ in range(3))
+    torch.testing.assert_close(
+        old(q, k, v, layout, scale=0.5, energy="dot"),
+        hsa_programme(q, k, v, layout, scale=0.5, energy="dot"),
+    )
+    result = memory.child({"n": 64, "b": 8, "d": 4, "backward": True})
+    assert isinstance(result["extra_bytes"], int)

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import hsa_fast.programme
 from hsa_fast import compile_hierarchy, hsa
+from hsa_fast.programme import hsa_programme
 from hsa_ref import Hierarchy, hsa_reference
 from hsa_ref.strategies import hierarchies, hsa_cases
 from hsa_ref.tolerance import compare_to_reference
@@ -257,6 +259,95 @@ def test_never_forms_an_n_by_n_array(shape):
     assert probe.largest < n * n / 16, probe.largest
 
 
+class _Probe:
+    """Largest tensor any op makes (forward, backward) and bytes autograd keeps for backward."""
+
+    def __init__(self, h, chunk_elements, energy="dot", positions=False):
+        layout = compile_hierarchy(h)
+        n, z, self.d = h.num_leaves, 2, 4
+        q, k, v = (
+            x.requires_grad_() for x in _qkv(1, n, d_k=4, d_v=3, batch=(z,), dtype=torch.float32)
+        )
+        g = torch.Generator().manual_seed(2)
+        pos = torch.randn(h.num_nodes, 2, generator=g).requires_grad_() if positions else None
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            kept[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with _LargestTensor() as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self.out = hsa_programme(
+                q,
+                k,
+                v,
+                layout,
+                scale=0.5,
+                energy=energy,
+                positions=pos,
+                chunk_elements=chunk_elements,
+            )
+        with _LargestTensor() as bwd:
+            self.out.backward(torch.linspace(-1, 1, self.out.numel()).view_as(self.out))
+        self.grads = [t.grad for t in (q, k, v, pos) if t is not None]
+        self.forward_largest, self.backward_largest = fwd.largest, bwd.largest
+        self.kept_bytes = sum(kept.values())
+        # O((N + M) d): per-node rows of the batch, padding at most doubling a family's width
+        self.linear = 2 * z * (h.num_nodes + 1) * self.d
+
+
+WIDE = {
+    "flat-2000": Hierarchy.from_parents([2000] * 2000 + [-1], 2000),
+    "balanced-64": Hierarchy.balanced(4096, 64),
+    "mixed-wide": Hierarchy.from_segments([[700, 5, 300, 1, 40] * 2, [3, 7]], root=True),
+}
+
+
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+@pytest.mark.parametrize("name", list(WIDE))
+def test_memory_is_bounded_whatever_the_branching(name, energy):
+    """SPEC section 5: extra memory O((N + M) d + chunk), forward and backward, counted exactly:
+    no op makes a tensor larger than the block budget or a per-node array, and autograd keeps
+    O((N + M) d) (wide blocks are recomputed, not kept). Results do not depend on the budget."""
+    h, budget = WIDE[name], 1 << 17
+    probe = _Probe(h, budget, energy=energy, positions=name == "mixed-wide")
+    bound = max(budget, probe.linear)
+    assert probe.forward_largest <= bound, (probe.forward_largest, bound)
+    assert probe.backward_largest <= bound, (probe.backward_largest, bound)
+    assert probe.kept_bytes <= 4 * 16 * probe.linear, (probe.kept_bytes, probe.linear)
+    whole = _Probe(h, 1 << 40, energy=energy, positions=name == "mixed-wide")
+    torch.testing.assert_close(probe.out, whole.out, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(probe.grads, whole.grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # Power: the same programme forming each bucket's w x w energies at once breaks the bound.
+    if h.max_branching**2 * 2 > 4 * bound:
+        assert whole.forward_largest > bound
+
+
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+def test_gradcheck_through_recomputed_row_blocks(energy, monkeypatch):
+    monkeypatch.setattr(hsa_fast.programme, "RECOMPUTE_WIDTH", 4)
+    n = 8  # one family of 8 leaves, recomputed in blocks of 4 rows
+    h = Hierarchy.from_parents([n] * n + [-1], n)
+    q, k, v = (x.requires_grad_() for x in _qkv(4, n, d_k=2, d_v=2))
+    pos = torch.randn(h.num_nodes, 2, dtype=torch.float64, requires_grad=True)
+    layout = compile_hierarchy(h)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, p: hsa_programme(
+            q, k, v, layout, scale=0.7, energy=energy, positions=p, chunk_elements=4 * n
+        ),
+        (q, k, v, pos),
+    )
+
+
+def test_memory_bound_fails_without_recomputation(monkeypatch):
+    """Power: keeping the wide blocks' intermediates for backward breaks the kept-bytes bound."""
+    monkeypatch.setattr(hsa_fast.programme, "RECOMPUTE_WIDTH", 10**9)
+    probe = _Probe(WIDE["flat-2000"], 1 << 17)
+    assert probe.kept_bytes > 4 * 16 * probe.linear
+
+
 def test_layout_is_cached_per_hierarchy_and_device():
     h = Hierarchy.balanced(20, 4)
     assert compile_hierarchy(h) is compile_hierarchy(h)
@@ -276,6 +367,14 @@ def test_bad_input_is_rejected_like_the_reference():
         hsa(q, q, q, [6, 6, -1])
     with pytest.raises(TypeError, match="Hierarchy"):
         compile_hierarchy("tree")
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_float8_is_refused(dtype):
+    h = Hierarchy.balanced(4, 2)
+    q = torch.ones(4, 2).to(dtype)
+    with pytest.raises(TypeError, match=f"the dtype of q, k and v must be .*got {dtype}"):
+        hsa(q, q, q, h)
 
 
 @pytest.mark.cuda
@@ -303,3 +402,14 @@ def test_empty_batches_and_values(batch, d_v):
     out = hsa(q, k, v, h)
     assert out.shape == (*batch, 5, d_v)
     torch.testing.assert_close(out, hsa_reference(q, k, v, h))
+
+
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 300), st.integers(1, 5000))
+def test_blocks_cover_every_row_once_within_the_budget(z, f, w, budget):
+    from hsa_fast.programme import _blocks
+
+    seen = torch.zeros(f, w, dtype=torch.long)
+    for a, b, r0, r1 in _blocks(z, f, w, budget):
+        assert z * (b - a) * (r1 - r0) * w <= budget or (b - a, r1 - r0) == (1, 1)
+        seen[a:b, r0:r1] += 1
+    assert bool((seen == 1).all())

@@ -241,3 +241,72 @@ def test_bad_queries():
         h.relabel([0, 0, 1, 2])
     with pytest.raises(TypeError):
         Hierarchy.forest([h, "tree"])
+
+
+# ---------------------------------------------------------------- hardened constructors
+@pytest.mark.parametrize("huge", [2**63, 10**39, -(2**70)])
+def test_huge_ids_raise_value_error(huge):
+    with pytest.raises(ValueError, match=r"parent\[0\] = -?\d+ is out of range"):
+        Hierarchy.from_parents([huge, 2, -1], 2)
+    text = json.dumps({"format": TREE_FORMAT, "num_leaves": 2, "parent": [2, huge, -1]})
+    with pytest.raises(ValueError, match=r"parent\[1\] = -?\d+ is out of range"):
+        Hierarchy.from_json(text)
+    with pytest.raises(ValueError, match="exceeds"):
+        Hierarchy.from_parents([2, 2, -1], huge if huge > 0 else 10**40)
+
+
+@pytest.mark.parametrize("parent", [{0: 2, 1: 2, 2: -1}, {2, -1}, frozenset({-1})])
+def test_mappings_and_sets_are_not_parent_lists(parent):
+    with pytest.raises(TypeError, match=f"got {type(parent).__name__}"):
+        Hierarchy.from_parents(parent, 2)
+
+
+def test_forest_of_a_non_sequence():
+    for bad in (None, 3, Hierarchy.balanced(4, 2)):
+        with pytest.raises(TypeError, match="sequence of Hierarchy objects"):
+            Hierarchy.forest(bad)
+
+
+def test_long_cycle_message_is_cut():
+    n = 300_000  # leaf 0 under family 1; families 1 .. n-1 form one cycle
+    parent = [1, *range(2, n), 1]
+    with pytest.raises(ValueError, match="cycle among nodes") as info:
+        Hierarchy.from_parents(parent, 1)
+    assert len(str(info.value)) < 300
+    assert f"({n - 1} in all)" in str(info.value)
+
+
+def test_from_nested_any_depth():
+    chain = 0
+    for _ in range(100_000):
+        chain = [chain]
+    h = Hierarchy.from_nested(chain)
+    assert (h.num_leaves, h.num_families, h.max_depth) == (1, 100_000, 100_000)
+    assert h == Hierarchy.from_parents([100_000, -1, *range(1, 100_000)], 1)
+
+
+def test_from_nested_numbers_families_depth_first():
+    h = Hierarchy.from_nested([[0, [1, 2]], [3]])  # families in pre-order: 4, 5, 6, 7
+    assert h.parent == [5, 6, 6, 7, -1, 4, 5, 4]
+
+
+def test_from_nested_refuses_self_containing_and_shared_lists():
+    loop = [[0, 1], [2]]
+    loop[1].append(loop)
+    with pytest.raises(ValueError, match=r"list at nested\[1\]\[1\] appears more than once"):
+        Hierarchy.from_nested(loop)
+    shared = [1]
+    with pytest.raises(ValueError, match="more than once"):
+        Hierarchy.from_nested([[0], shared, [shared]])
+
+
+def test_from_nested_messages_stay_short():
+    deep = "x"
+    for _ in range(5_000):
+        deep = [deep]
+    with pytest.raises(TypeError, match=r"\(depth 5001\) must be an integer") as info:
+        Hierarchy.from_nested([0, deep])
+    assert len(str(info.value)) < 200
+    with pytest.raises(ValueError, match=r"\(\d+ in all\)") as info:
+        Hierarchy.from_nested([0] * 50 + list(range(100, 150)))
+    assert len(str(info.value)) < 400

@@ -337,3 +337,19 @@ def test_bad_input_is_rejected_by_name(kwargs, error, match):
             args["hierarchy"],
             **{k: v for k, v in args.items() if k not in ("q", "k", "v", "hierarchy")},
         )
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.int64, "float32", None, torch.complex128, torch.float8_e4m3fn, torch.bool]
+)
+def test_reference_dtype_is_validated(dtype):
+    h = Hierarchy.balanced(4, 2)
+    q = torch.randn(4, 3, dtype=torch.float64)
+    for fn, args in (
+        (hsa_reference, (q, q, q, h)),
+        (hsa_attention_matrix, (q, q, h)),
+        (log_partition, (q, q, h)),
+        (softmax_kl_lower_bound, (q, q, h)),
+    ):
+        with pytest.raises(TypeError, match="must be"):
+            fn(*args, dtype=dtype)
