@@ -26,7 +26,7 @@ DEFAULT_PAIRS = 160
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.zero_shot [--out DIR] [--pairs P] ...``: table, JSON and plot."""
     parser = argparse.ArgumentParser(
-        description="Zero-shot HSA inside pre-trained sentence encoders."
+        description="Zero-shot HSA inside the pre-trained all-MiniLM-L6-v2 encoder."
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder")
     parser.add_argument(

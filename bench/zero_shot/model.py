@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hsa_fast.token_trees import TokenStructure, build_tree, token_structures
+from hsa_ref import Hierarchy
 
 from .flops import attention_flops
 
@@ -112,7 +113,7 @@ class Batch:
     lengths: list[int]
     structures: list[TokenStructure]
 
-    def trees(self, kind: str) -> list:
+    def trees(self, kind: str) -> list[Hierarchy]:
         """The hierarchy ``kind`` over each input's real tokens."""
         return [build_tree(kind, s) for s in self.structures]
 
