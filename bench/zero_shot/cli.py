@@ -26,7 +26,8 @@ DEFAULT_PAIRS = 160
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.zero_shot [--out DIR] [--pairs P] ...``: table, JSON and plot."""
     parser = argparse.ArgumentParser(
-        description="Zero-shot HSA inside the pre-trained all-MiniLM-L6-v2 encoder."
+        prog="python -m bench.zero_shot",
+        description="Zero-shot HSA inside the pre-trained all-MiniLM-L6-v2 encoder.",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="output folder")
     parser.add_argument(
