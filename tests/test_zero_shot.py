@@ -1,4 +1,7 @@
-"""Zero-shot HSA inside the pre-trained all-MiniLM-L6-v2 encoder (``bench.zero_shot``)."""
+"""Zero-shot HSA inside the pre-trained all-MiniLM-L6-v2 encoder (``bench.zero_shot``).
+
+The backend itself is tested in test_transformers_attention.py, the trees in test_token_trees.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 
 from bench import zero_shot as zs
 from hsa_fast import compile_hierarchy
+from hsa_fast.token_trees import build_tree
 from hsa_ref import Hierarchy
 
 TEXTS = [
@@ -60,14 +64,6 @@ def test_hierarchy_changes_the_output(encoder, library_embeddings):
     assert flops["model"] < flops["dense"]
 
 
-def test_fast_and_reference_agree_inside_the_model(encoder):
-    kw = {"layers": (4, 5), "hierarchy": "clauses"}
-    texts = TEXTS[:2]
-    fast, _ = zs.encode(encoder, texts, backend="fast", **kw)
-    ref, _ = zs.encode(encoder, texts, backend="reference", **kw)
-    assert (fast - ref).abs().max() <= 1e-5
-
-
 @pytest.mark.parametrize("hierarchy", ["clauses", "chunks-4"])
 def test_padding_does_not_change_results(encoder, hierarchy):
     short, long = TEXTS[1], TEXTS[2]
@@ -76,18 +72,6 @@ def test_padding_does_not_change_results(encoder, hierarchy):
     assert batch.lengths[0] < batch.features["input_ids"].shape[1]  # ``short`` gets padded
     padded, _ = zs.encode(encoder, [short, long], layers=ALL_LAYERS, hierarchy=hierarchy)
     assert (padded[0] - alone[0]).abs().max() <= 1e-5
-    # Pads are one-leaf trees: whatever token ids they hold, real tokens never see them.
-    state = zs._SwapState(backend="fast")
-    trees = [zs.build_tree(hierarchy, s) for s in batch.structures]
-    length = batch.features["input_ids"].shape[1]
-    state.set_batch(trees, batch.lengths, length)
-    q, k, v = (torch.randn(2, 12, length, 32) for _ in range(3))
-    k2, v2 = k.clone(), v.clone()
-    n = batch.lengths[0]
-    k2[0, :, n:], v2[0, :, n:] = 1e3, -1e3
-    y, y2 = state.attend(q, k, v, 0.2), state.attend(q, k2, v2, 0.2)
-    assert torch.equal(y[0, :, :n], y2[0, :, :n])
-    assert torch.equal(y[:, :, n:][0], v[0, :, n:])
 
 
 def test_replay_from_cached_layers_matches_full_forward(encoder):
@@ -99,21 +83,18 @@ def test_replay_from_cached_layers_matches_full_forward(encoder):
         assert f1 == f2
 
 
-def test_swap_is_undone(encoder, library_embeddings):
-    state = zs._SwapState()
-    with pytest.raises(RuntimeError, match="inside"), zs.hsa_layers(encoder, ALL_LAYERS, state):
-        raise RuntimeError("inside")
-    assert all("forward" not in b.attention.self.__dict__ for b in encoder.model.encoder.layer)
+def test_hsa_calls_leave_the_model_unmodified(encoder, library_embeddings):
+    zs.encode(encoder, TEXTS, layers=ALL_LAYERS, hierarchy="clauses")
+    assert encoder.model.config._attn_implementation == "hsa"
     assert torch.equal(zs.encode(encoder, TEXTS)[0], library_embeddings)
-    with pytest.raises(ValueError, match="out of range"), zs.hsa_layers(encoder, [6], state):
-        pass
+    with pytest.raises(ValueError, match="out of range"):
+        zs.encode(encoder, TEXTS, layers=[6])
+    assert len(encoder.layers) == encoder.num_layers == 6
 
 
 # -------------------------------------------------------------------------- hierarchies
 def _structure(encoder, text):
-    batch = zs.tokenize(encoder, [text])
-    tokens = encoder.tokenizer.convert_ids_to_tokens(batch.features["input_ids"][0])
-    return batch.structures[0], tokens
+    return zs.tokenize(encoder, [text]).structures[0]
 
 
 def _groups(tree: Hierarchy) -> list[list[int]]:
@@ -122,53 +103,16 @@ def _groups(tree: Hierarchy) -> list[list[int]]:
     return sorted((tree.leaves_under(c) for c in tree.children(root)), key=lambda s: s[0])
 
 
-def test_linguistic_hierarchies(encoder):
-    text = "Investors sold; tokenization rose. Then it fell!"
-    structure, tokens = _structure(encoder, text)
-    assert tokens[0] == "[CLS]"
-    assert tokens[-1] == "[SEP]"
-    assert structure.n == len(tokens)
-    words = zs.build_tree("words", structure)
-    pieces = [i for i, t in enumerate(tokens) if t.startswith("##")]
-    assert pieces  # "tokenization" is split into word pieces
-    word_families = [c for c in words.children(words.roots[0]) if c >= words.num_leaves]
-    assert [words.leaves_under(c) for c in word_families] == [[pieces[0] - 1, *pieces]]
-    sentences = _groups(zs.build_tree("sentences", structure))
-    # [CLS] | investors sold ; tokenization rose . | then it fell ! | [SEP]
-    first_end = tokens.index(".")
-    assert sentences[0] == [0]
-    assert sentences[-1] == [structure.n - 1]
-    assert sentences[1] == list(range(1, first_end + 1))
-    assert sentences[2] == list(range(first_end + 1, structure.n - 1))
-    clauses = zs.build_tree("clauses", structure)
-    first_sentence = min(
-        (c for c in clauses.children(clauses.roots[0]) if c >= clauses.num_leaves),
-        key=lambda c: clauses.leaves_under(c)[0],
-    )
-    semicolon = tokens.index(";")
-    assert [clauses.leaves_under(c) for c in clauses.children(first_sentence)] == [
-        list(range(1, semicolon + 1)),
-        list(range(semicolon + 1, first_end + 1)),
-    ]
-    for kind in zs.HIERARCHIES:
-        tree = zs.build_tree(kind, structure)
-        assert tree.num_leaves == structure.n
-        assert tree.num_trees == 1
-        assert all(tree.branching[f] >= 2 for f in tree.families)  # no one-child families
-    with pytest.raises(ValueError, match="unknown hierarchy"):
-        zs.build_tree("paragraphs", structure)
-
-
 def test_chunks_and_energy_count(encoder):
-    structure, _ = _structure(encoder, "one two three four five six seven eight")
+    structure = _structure(encoder, "one two three four five six seven eight")
     assert structure.n == 10
-    tree = zs.build_tree("chunks-4", structure)
+    tree = build_tree("chunks-4", structure)
     assert _groups(tree) == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
     assert zs.num_energies(tree) == 10 + 4 * 3 + 2 * (4 * 3)
-    flat = zs.build_tree("flat", structure)
+    flat = build_tree("flat", structure)
     assert zs.num_energies(flat) == 10 * 10
     for kind in zs.HIERARCHIES:
-        t = zs.build_tree(kind, structure)
+        t = build_tree(kind, structure)
         assert zs.num_energies(t) == compile_hierarchy(t).num_energies
 
 
