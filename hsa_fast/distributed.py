@@ -39,7 +39,7 @@ from .programme import accumulation_dtype, hsa_programme
 from .sharding import Shard, ShardPlan, partition
 from .triton_programme import choose_backend, hsa_triton
 
-__all__ = ["Collective", "CommStats", "hsa_sharded"]
+__all__ = ["Collective", "CommStats", "ShardPlan", "hsa_sharded", "partition"]
 
 _ENERGY_CODES = {"dot": 1, "distance": 2}
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)

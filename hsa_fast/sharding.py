@@ -246,7 +246,7 @@ def partition(
 def _plan(
     h: Hierarchy, bounds: list[int], lo: np.ndarray, hi: np.ndarray, max_sent: int | None
 ) -> ShardPlan:
-    n, p = h.num_leaves, len(bounds) - 1
+    p = len(bounds) - 1
     parent = h.parent_array
     starts = np.asarray(bounds[:-1])
     shard_lo = np.searchsorted(starts, lo, side="right") - 1
