@@ -57,13 +57,15 @@ class Case:
     planted: str | None = None  # a deliberately wrong implementation, which must fail
     d_k: int = 4
     d_v: int = 3
+    dtype: torch.dtype = torch.float64
+    backend: str = "auto"
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
-        """Full ``q, k, v`` and the output gradient, float64."""
+        """Full ``q, k, v`` and the output gradient, in ``dtype``."""
         g = torch.Generator().manual_seed(self.seed)
         n = self.hierarchy.num_leaves
         return tuple(
-            torch.randn(*self.batch, n, d, generator=g, dtype=torch.float64)
+            torch.randn(*self.batch, n, d, generator=g, dtype=torch.float64).to(self.dtype)
             for d in (self.d_k, self.d_k, self.d_v, self.d_v)
         )
 
@@ -72,6 +74,7 @@ def cases(world: int) -> list[Case]:
     forest = random_forest([5, 17, 1, 9, 30, 3, 12, 2], 11)  # 79 leaves
     split = {2: (0, 23, 50), 4: (0, 7, 29, 41, 50)}[world]
     forest_split = {2: (0, 40, 79), 4: (0, 13, 40, 41, 79)}[world]
+    f32 = torch.float32
     out = []
     for energy in ("dot", "distance"):
         out += [
@@ -86,6 +89,7 @@ def cases(world: int) -> list[Case]:
     out += [
         Case("one_leaf_trees", Hierarchy.from_parents([-1] * 9, 9), None, "dot", (), 8),
         Case("chains", Hierarchy.from_nested([[[[0, 1]]], [[2], [[3, 4, 5]]]]), None, "dot", (), 9),
+        Case("triton_float32", forest, forest_split, "dot", (2,), 12, dtype=f32, backend="triton"),
         Case("planted_no_U", forest, forest_split, "dot", (), 10, planted="no_U"),
         Case("planted_local_adjoints", forest, forest_split, "dot", (), 10, planted="local_adj"),
     ]
@@ -129,7 +133,7 @@ def run_case(case: Case, rank: int, world: int) -> dict:
     stats = CommStats()
     undo = _planted(case.planted)
     try:
-        y = hsa_sharded(q, k, v, plan, energy=case.energy, stats=stats)
+        y = hsa_sharded(q, k, v, plan, energy=case.energy, backend=case.backend, stats=stats)
         (y * grad).sum().backward()
     finally:
         undo()

@@ -82,7 +82,7 @@ def _errors(case: Case, ranks: list[dict]) -> dict[str, float]:
     q, k, v, grad = case.inputs()
     for x in (q, k, v):
         x.requires_grad_(True)
-    y = hsa(q, k, v, case.hierarchy, energy=case.energy)
+    y = hsa(q, k, v, case.hierarchy, energy=case.energy, backend=case.backend)
     (y * grad).sum().backward()
     out = {}
     for name, ref in (("y", y.detach()), ("dq", q.grad), ("dk", k.grad), ("dv", v.grad)):
@@ -99,8 +99,10 @@ def _errors(case: Case, ranks: list[dict]) -> dict[str, float]:
 @pytest.mark.parametrize("name", GOOD)
 @pytest.mark.parametrize("world", WORLDS)
 def test_matches_single_process(runs, world, name):
-    errors = _errors(_case(name, world), runs(world))
-    assert max(errors.values()) <= TOL, errors
+    case = _case(name, world)
+    errors = _errors(case, runs(world))
+    # float32 (the Triton kernels, interpreted on CPU): rounding of sums in another order
+    assert max(errors.values()) <= (TOL if case.dtype == torch.float64 else 2e-6), errors
 
 
 @pytest.mark.parametrize("name", PLANTED)
@@ -132,11 +134,12 @@ def test_bytes_counted_exactly(runs, world, name):
     assert plan.slots == slots
     z = int(np.prod(case.batch))
     width = 2 * case.d_k + case.d_v + 1 + (2 if case.energy == "distance" else 0)
+    item = 8 if case.dtype == torch.float64 else 4  # summaries in the accumulation dtype
     expected = [("forward", "metadata", 8, 8)]
     if plan.top_levels:
-        expected.append(("forward", "summaries", slots * z * width, 8))
+        expected.append(("forward", "summaries", slots * z * width, item))
         if case.planted != "local_adj":  # the planted backward skips its all-gather
-            expected.append(("backward", "adjoints", slots * z * (case.d_v + 1), 8))
+            expected.append(("backward", "adjoints", slots * z * (case.d_v + 1), item))
     for r in runs(world):
         got = r[name]["collectives"]
         assert [c[:4] for c in got] == expected
