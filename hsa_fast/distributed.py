@@ -39,7 +39,14 @@ from .programme import accumulation_dtype, hsa_programme
 from .sharding import Shard, ShardPlan, partition
 from .triton_programme import choose_backend, hsa_triton
 
-__all__ = ["Collective", "CommStats", "ShardPlan", "hsa_sharded", "partition"]
+__all__ = [
+    "Collective",
+    "CommStats",
+    "ShardPlan",
+    "hsa_sharded",
+    "partition",
+    "planned_collectives",
+]
 
 _ENERGY_CODES = {"dot": 1, "distance": 2}
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -80,6 +87,30 @@ class CommStats:
             for c in self.collectives
             if (phase is None or c.phase == phase) and (what is None or c.what == what)
         )
+
+
+def planned_collectives(
+    plan: ShardPlan,
+    *,
+    batch: int = 1,
+    d_k: int,
+    d_v: int,
+    dtype: torch.dtype = torch.float32,
+    energy: str = "dot",
+    backward: bool = True,
+) -> list[Collective]:
+    """The collectives :func:`hsa_sharded` runs for ``plan`` on inputs of ``batch`` flattened
+    batch elements (heads included) and ``dtype``, computed without running it: what each rank
+    sends does not depend on N, only on the cut (``plan.slots``)."""
+    world, slots = plan.num_shards, plan.slots
+    item = torch.empty((), dtype=accumulation_dtype(dtype)).element_size()
+    out = [Collective("forward", "metadata", len(_META), 8, world)]
+    if plan.top_levels:
+        width = 2 * d_k + d_v + 1 + (2 if energy == "distance" else 0)
+        out.append(Collective("forward", "summaries", slots * batch * width, item, world))
+        if backward:
+            out.append(Collective("backward", "adjoints", slots * batch * (d_v + 1), item, world))
+    return out
 
 
 def _all_gather(x: torch.Tensor, group, world: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from distributed_worker import Case, cases, interleaved, random_forest
 
 from hsa_fast import compile_hierarchy, hsa
-from hsa_fast.distributed import hsa_sharded
+from hsa_fast.distributed import hsa_sharded, planned_collectives
 from hsa_fast.programme import hsa_programme
 from hsa_fast.sharding import partition
 from hsa_ref import Hierarchy
@@ -144,6 +144,16 @@ def test_bytes_counted_exactly(runs, world, name):
         got = r[name]["collectives"]
         assert [c[:4] for c in got] == expected
         assert all(c[4] == world and c[5] == (world - 1) * c[2] * c[3] for c in got)
+    planned = planned_collectives(
+        plan,
+        batch=z,
+        d_k=case.d_k,
+        d_v=case.d_v,
+        dtype=case.dtype,
+        energy=case.energy,
+        backward=case.planted != "local_adj",
+    )
+    assert [(c.phase, c.what, c.elements, c.itemsize) for c in planned] == expected
 
 
 REFUSED = {
