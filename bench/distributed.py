@@ -88,15 +88,16 @@ def bytes_table(sizes=SIZES, world: int = WORLD) -> list[dict]:
     return rows
 
 
-def _time(fn, repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` calls after one warm-up."""
+def _time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds (this process) of ``fn`` over ``repeats`` calls, warm."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def launched(args: argparse.Namespace) -> None:
@@ -135,7 +136,7 @@ def launched(args: argparse.Namespace) -> None:
         sync()
 
     sync()
-    t_fwd, t_both = _time(forward, args.repeats), _time(both, args.repeats)
+    (t_fwd, cpu_fwd), (t_both, cpu_both) = _time(forward, args.repeats), _time(both, args.repeats)
     stats = CommStats()
     qg = q.detach().requires_grad_(True)
     (hsa_sharded(qg, k, v, plan, stats=stats) * grad).sum().backward()
@@ -152,6 +153,8 @@ def launched(args: argparse.Namespace) -> None:
                     "backend": args.backend,
                     "forward_s": t_fwd,
                     "forward_backward_s": t_both,
+                    "forward_cpu_s": cpu_fwd,
+                    "forward_backward_cpu_s": cpu_both,
                     "sent_forward": stats.sent_bytes("forward"),
                     "sent_backward": stats.sent_bytes("backward"),
                     "matches_plan": stats.collectives == planned,
@@ -198,10 +201,6 @@ def run_gloo(world: int, args: argparse.Namespace) -> dict:
     return json.loads(outputs[0].strip().splitlines()[-1])
 
 
-def _mib(x: int) -> str:
-    return f"{x / 2**20:,.3f}" if x < 2**20 * 10 else f"{x / 2**20:,.0f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.distributed", description=__doc__)
     parser.add_argument("--launched", action="store_true", help="run as one rank (torchrun)")
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Bytes sent per rank per call, P = {WORLD}, balanced tree b = {BRANCHING}, "
         f"{HEADS} heads, d_k = d_v = {DIM}, bfloat16 inputs (HSA sends float32 summaries), "
-        "MiB:\n"
+        "bytes:\n"
     )
     print(
         "| N | cut summaries per rank | HSA forward | HSA backward | ring forward | "
@@ -236,9 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in table:
         print(
-            f"| {r['n']:,} | {r['slots']} | {_mib(r['hsa_forward'])} | "
-            f"{_mib(r['hsa_backward'])} | {_mib(r['ring_forward'])} | "
-            f"{_mib(r['ring_backward_at_least'])} | "
+            f"| {r['n']:,} | {r['slots']} | {r['hsa_forward']:,} | {r['hsa_backward']:,} | "
+            f"{r['ring_forward']:,} | {r['ring_backward_at_least']:,} | "
             f"{r['ring_forward'] / r['hsa_forward']:,.0f} |"
         )
     results: dict = {"bytes": table, "timed": []}
@@ -248,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.heads} heads, d = {args.d}, float32, median of {args.repeats}:\n"
         )
         print(
-            "| P | forward (s) | forward+backward (s) | forward vs P = 1 | "
+            "| P | forward wall (s) | forward+backward wall (s) | forward CPU, rank 0 (s) | "
+            "forward+backward CPU, rank 0 (s) | forward wall vs P = 1 | "
             "bytes sent per rank (fwd + bwd) | recorded = planned |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: | :---: |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
         base = None
         for world in TIMED_WORLDS:
             r = run_gloo(world, args)
@@ -259,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             results["timed"].append(r)
             print(
                 f"| {world} | {r['forward_s']:.3f} | {r['forward_backward_s']:.3f} | "
+                f"{r['forward_cpu_s']:.3f} | {r['forward_backward_cpu_s']:.3f} | "
                 f"{r['forward_s'] / base:.2f} | {r['sent_forward'] + r['sent_backward']:,} | "
                 f"{'yes' if r['matches_plan'] else 'NO'} |",
                 flush=True,

@@ -340,22 +340,24 @@ def hsa_sharded(
     slot_of_cut = torch.full((shard.cut.size,), slots, dtype=torch.long)
     slot_of_cut[torch.as_tensor(shard.sent, dtype=torch.long)] = torch.arange(shard.sent.size)
     leaf_slot = slot_of_cut[torch.as_tensor(shard.leaf_cut, dtype=torch.long)].to(device)
-    columns = [qz, kz, vz]
-    if distance:
-        columns += [qz.square().sum(-1, keepdim=True), kz.square().sum(-1, keepdim=True)]
-    per_leaf = torch.cat(columns, -1)
-    sums = per_leaf.new_zeros(z, slots + 1, per_leaf.shape[-1]).index_add(1, leaf_slot, per_leaf)
     counts = torch.ones(slots + 1, dtype=acc, device=device)
     sent_counts = shard.local.leaf_counts[shard.cut_local[shard.sent]]
     counts[: shard.sent.size] = torch.as_tensor(sent_counts, dtype=acc, device=device)
-    means = sums[:, :slots] / counts[:slots, None]
+
+    def mean(x: torch.Tensor) -> torch.Tensor:  # (Z, n, c) -> (Z, slots, c): mean over B
+        sums = x.new_zeros(z, slots + 1, x.shape[-1]).index_add(1, leaf_slot, x)
+        return sums[:, :slots] / counts[:slots, None]
+
     sent_roots = torch.as_tensor(shard.cut_local[shard.sent], dtype=torch.long, device=device)
     f_cut = f_all.reshape(z, -1).index_select(1, sent_roots)
     f_cut = torch.cat([f_cut, f_cut.new_zeros(z, slots - shard.sent.size)], 1)
-    summary = torch.cat([means[..., : 2 * d_k + d_v], f_cut.unsqueeze(-1)], -1)
+    columns = [mean(qz), mean(kz), mean(vz), f_cut.unsqueeze(-1)]
     if distance:
-        summary = torch.cat([summary, means[..., 2 * d_k + d_v :]], -1)
-    local = summary.transpose(0, 1).contiguous()  # (slots, Z, width)
+        columns += [
+            mean(qz.square().sum(-1, keepdim=True)),
+            mean(kz.square().sum(-1, keepdim=True)),
+        ]
+    local = torch.cat(columns, -1).transpose(0, 1).contiguous()  # (slots, Z, width)
 
     gathered = _GatherSummaries.apply(local, group, world, rank, stats)  # (P, slots, Z, width)
     table = gathered.permute(2, 0, 1, 3).flatten(1, 2)  # (Z, P * slots, width)

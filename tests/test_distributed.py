@@ -302,3 +302,21 @@ def test_partition_explains_too_many_summaries():
         partition(h, 2, max_sent=6)
     contiguous = random_forest([9, 14, 7], 6)  # the same trees, leaves in order
     assert max(partition(contiguous, 2, max_sent=6).num_sent) == 5
+
+
+def test_bench_bytes_table():
+    """HSA's bytes per rank depend on the cut, not on N; ring attention's grow like N."""
+    from bench.distributed import bytes_table, ring_attention_bytes
+
+    assert ring_attention_bytes(1000, 4, batch=2, d_k=3, d_v=5, itemsize=4) == (
+        3 * 250 * 2 * 8 * 4,
+        2 * 3 * 250 * 2 * 8 * 4,
+    )
+    rows = bytes_table(sizes=(256, 4096, 65536), world=4)  # full trees of branching 16
+    assert len({(r["hsa_forward"], r["hsa_backward"], r["slots"]) for r in rows}) == 1
+    assert [r["ring_forward"] for r in rows] == [
+        ring_attention_bytes(n, 4, batch=8, d_k=64, d_v=64, itemsize=2)[0]
+        for n in (256, 4096, 65536)
+    ]
+    # 4 cut summaries per rank (the root's 16 children, 4 per rank), float32, 8 heads
+    assert rows[0]["hsa_forward"] == 3 * (8 * 8 + 4 * 8 * (3 * 64 + 1) * 4)
