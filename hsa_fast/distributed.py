@@ -160,6 +160,11 @@ class _OwnRows(torch.autograd.Function):
         return full, None, None, None, None, None
 
 
+def _padded(kids: torch.Tensor, pad: int) -> torch.Tensor:
+    """Table rows of a level's children, with ``pad`` (a row of zeros) in padded slots."""
+    return kids.masked_fill(kids < 0, pad)
+
+
 def _top_tree(
     table: torch.Tensor, plan: ShardPlan, d_k: int, d_v: int, scale: float, distance: bool
 ) -> torch.Tensor:
@@ -167,10 +172,12 @@ def _top_tree(
 
     ``table`` ``(Z, R, width)`` holds per row ``[mean q, mean k, mean v, F, (mean ||q||^2,
     mean ||k||^2)]``, cut rows filled and family rows zero. Families are evaluated level by
-    level exactly as in SPEC section 5, out of place (the top tree is small).
+    level exactly as in SPEC section 5, out of place (the top tree is small). Padded child
+    slots read an extra zero row, so a non-finite tree never leaks into another's families.
     """
     device, acc = table.device, table.dtype
-    z, num_cut = table.shape[0], plan.num_shards * plan.slots
+    z, num_cut, pad = table.shape[0], plan.num_shards * plan.slots, table.shape[1]
+    table = torch.cat([table, table.new_zeros(z, 1, table.shape[-1])], 1)
     counts = torch.as_tensor(plan.table_counts, dtype=acc, device=device)
     saved = []
     for fams, kids in plan.top_levels:
@@ -178,7 +185,8 @@ def _top_tree(
         kids_t = torch.as_tensor(kids, device=device)
         f, w = kids.shape
         valid = kids_t >= 0
-        rows = table.index_select(1, kids_t.clamp(min=0).flatten()).unflatten(1, (f, w))
+        rows = table.index_select(1, _padded(kids_t, pad).flatten())
+        rows = rows.unflatten(1, (f, w))
         q_c, k_c = rows[..., :d_k], rows[..., d_k : 2 * d_k]
         v_c, f_c = rows[..., 2 * d_k : 2 * d_k + d_v], rows[..., 2 * d_k + d_v]
         size = torch.where(valid, counts[kids_t.clamp(min=0)], 0.0)  # (f, w)

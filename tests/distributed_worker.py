@@ -59,15 +59,21 @@ class Case:
     d_v: int = 3
     dtype: torch.dtype = torch.float64
     backend: str = "auto"
+    scale: float | None = None
+    nan_leaf: int | None = None  # a leaf whose query is NaN
+    as_hierarchy: bool = False  # pass the hierarchy to hsa_sharded, not the plan
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """Full ``q, k, v`` and the output gradient, in ``dtype``."""
         g = torch.Generator().manual_seed(self.seed)
         n = self.hierarchy.num_leaves
-        return tuple(
+        q, k, v, grad = (
             torch.randn(*self.batch, n, d, generator=g, dtype=torch.float64).to(self.dtype)
             for d in (self.d_k, self.d_k, self.d_v, self.d_v)
         )
+        if self.nan_leaf is not None:
+            q[..., self.nan_leaf, 0] = float("nan")
+        return q, k, v, grad
 
 
 def cases(world: int) -> list[Case]:
@@ -89,10 +95,22 @@ def cases(world: int) -> list[Case]:
     out += [
         Case("one_leaf_trees", Hierarchy.from_parents([-1] * 9, 9), None, "dot", (), 8),
         Case("chains", Hierarchy.from_nested([[[[0, 1]]], [[2], [[3, 4, 5]]]]), None, "dot", (), 9),
+        Case("nan_stays_in_its_tree", forest, forest_split, "dot", (2,), 13, nan_leaf=35),
+        Case("huge_scores", forest, forest_split, "distance", (), 14, scale=2e3),
+        Case("hierarchy_given", forest, None, "dot", (), 15, as_hierarchy=True),
         Case("triton_float32", forest, forest_split, "dot", (2,), 12, dtype=f32, backend="triton"),
         Case("planted_no_U", forest, forest_split, "dot", (), 10, planted="no_U"),
         Case("planted_local_adjoints", forest, forest_split, "dot", (), 10, planted="local_adj"),
     ]
+    if world == 4:  # with four ranks two trees span shards: padding could mix them
+        out.append(
+            Case(
+                "planted_pad_reads_cut_row",
+                *(forest, forest_split, "dot", (2,), 13),
+                nan_leaf=35,
+                planted="pad_reads_cut_row",
+            )
+        )
     return out
 
 
@@ -120,6 +138,10 @@ def _planted(kind: str | None):
 
         hd._OwnRows.backward = staticmethod(wrong)
         return lambda: setattr(hd._OwnRows, "backward", staticmethod(original))
+    if kind == "pad_reads_cut_row":  # padded child slots read a real cut node's row
+        original = hd._padded
+        hd._padded = lambda kids, pad: kids.clamp(min=0)
+        return lambda: setattr(hd, "_padded", original)
     raise ValueError(kind)
 
 
@@ -133,7 +155,10 @@ def run_case(case: Case, rank: int, world: int) -> dict:
     stats = CommStats()
     undo = _planted(case.planted)
     try:
-        y = hsa_sharded(q, k, v, plan, energy=case.energy, backend=case.backend, stats=stats)
+        target = case.hierarchy if case.as_hierarchy else plan
+        y = hsa_sharded(
+            q, k, v, target, energy=case.energy, scale=case.scale, backend=case.backend, stats=stats
+        )
         (y * grad).sum().backward()
     finally:
         undo()
