@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -258,6 +260,19 @@ def _agree(
             )
 
 
+_PLANS: weakref.WeakKeyDictionary[Hierarchy, dict[int, ShardPlan]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _default_plan(hierarchy: Hierarchy, world: int) -> ShardPlan:
+    """``partition(hierarchy, world)``, cached while the hierarchy lives."""
+    with _LOCK:
+        per_world = _PLANS.setdefault(hierarchy, {})
+        if world not in per_world:
+            per_world[world] = partition(hierarchy, world)
+        return per_world[world]
+
+
 def hsa_sharded(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -274,9 +289,9 @@ def hsa_sharded(
 
     Every rank of ``group`` calls this collectively with the same ``plan`` (a
     :class:`~hsa_fast.sharding.ShardPlan` with one shard per rank; a ``Hierarchy`` is split by
-    :func:`~hsa_fast.sharding.partition`) and its own rows: rank ``r`` passes ``q, k``
-    ``(..., n_r, d_k)`` and ``v`` ``(..., n_r, d_v)`` for the leaves
-    ``plan.shards[r].leaf_start .. leaf_stop - 1``, with the same batch shape, feature sizes,
+    :func:`~hsa_fast.sharding.partition`, once per hierarchy and world size) and its own
+    rows: rank ``r`` passes ``q, k`` ``(..., n_r, d_k)`` and ``v`` ``(..., n_r, d_v)`` for the
+    leaves ``plan.shards[r].leaf_start .. leaf_stop - 1``, with the same batch shape, feature sizes,
     dtype, ``scale`` and ``energy`` as every other rank. The result equals those rows of
     ``hsa_fast.hsa`` on the whole input, forward and backward (autograd runs through the
     collectives, so every rank must also run the backward).
@@ -300,7 +315,7 @@ def hsa_sharded(
         raise RuntimeError("hsa_sharded needs torch.distributed to be initialised")
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if isinstance(plan, Hierarchy):
-        plan = partition(plan, world)
+        plan = _default_plan(plan, world)
     if not isinstance(plan, ShardPlan):
         raise TypeError(f"plan must be a ShardPlan or a Hierarchy, got {type(plan).__name__}")
     if plan.num_shards != world:
