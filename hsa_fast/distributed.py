@@ -303,7 +303,8 @@ def hsa_sharded(
     :class:`CommStats`) records each with its size.
 
     ``backend`` chooses the local programme as in ``hsa_fast.hsa``; the Triton path returns no
-    log-partitions, so there the PyTorch programme is run too, for ``F`` at the cut nodes.
+    log-partitions, so where a tree spans shards the PyTorch programme also runs, for ``F`` at
+    the cut nodes.
 
     Raises:
         RuntimeError: if ``torch.distributed`` is not initialised.
@@ -347,11 +348,12 @@ def hsa_sharded(
     layout = compile_hierarchy(shard.local, q.device)
     chosen = choose_backend(backend, q, v, None, shard.local.num_nodes)
     kwargs = {"scale": checked.scale, "energy": checked.energy}
+    if not plan.top_levels:  # every tree lies on one shard: nothing to exchange
+        run = hsa_triton if chosen == "triton" else hsa_programme
+        return run(q, k, v, layout, **kwargs)
     y_local, f_all = hsa_programme(q, k, v, layout, return_log_partition=True, **kwargs)
     if chosen == "triton":
         y_local = hsa_triton(q, k, v, layout, **kwargs)
-    if not plan.top_levels:  # every tree lies on one shard
-        return y_local
 
     acc = accumulation_dtype(q.dtype)
     batch = checked.batch_shape
