@@ -15,6 +15,7 @@
 
     python -m bench.distributed                 # both, a minute or two on CPU
     python -m bench.distributed --bytes-only    # the communication table only (no processes)
+    python -m bench.distributed --sizes 4096 65536 --n 16384 --repeats 3   # other sizes
     python -m bench.distributed --json out.json
     # multi-GPU (NCCL), one process per GPU, started by torchrun:
     torchrun --nproc_per_node=8 -m bench.distributed --launched --backend nccl --n 1048576
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launched", action="store_true", help="run as one rank (torchrun)")
     parser.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     parser.add_argument("--bytes-only", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="N of the bytes table")
     parser.add_argument("--n", type=int, default=TIMED_N)
     parser.add_argument("--heads", type=int, default=HEADS)
     parser.add_argument("--d", type=int, default=DIM)
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# sequence-parallel HSA: {datetime.now(UTC):%Y-%m-%d}, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n"
     )
-    table = bytes_table()
+    table = bytes_table(args.sizes)
     print(
         f"Bytes sent per rank per call, P = {WORLD}, balanced tree b = {BRANCHING}, "
         f"{HEADS} heads, d_k = d_v = {DIM}, bfloat16 inputs (HSA sends float32 summaries), "

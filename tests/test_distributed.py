@@ -8,6 +8,7 @@ float64. Planted wrong implementations must fail the same comparison.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -334,3 +335,29 @@ def test_bench_bytes_table():
     ]
     # 4 cut summaries per rank (the root's 16 children, 4 per rank), float32, 8 heads
     assert rows[0]["hsa_forward"] == 3 * (8 * 8 + 4 * 8 * (3 * 64 + 1) * 4)
+
+
+def test_bench_runs_end_to_end(tmp_path):
+    """``python -m bench.distributed`` on tiny sizes: P = 1, 2, 4 gloo runs, recorded bytes equal
+    to the planned ones (exit status 0), results as JSON."""
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    args = ["--sizes", "256", "--n", "512", "--heads", "1", "--d", "4", "--repeats", "1"]
+    args += ["--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.distributed", *args, "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    timed = json.loads(out.read_text())["timed"]
+    assert [r["world"] for r in timed] == [1, 2, 4]
+    assert all(r["matches_plan"] for r in timed)
+    plan = partition(Hierarchy.balanced(512, 16), 4)
+    calls = planned_collectives(plan, batch=1, d_k=4, d_v=4, dtype=torch.float32)
+    assert timed[-1]["sent_forward"] + timed[-1]["sent_backward"] == sum(
+        c.sent_bytes for c in calls
+    )
