@@ -177,11 +177,15 @@ def hsa_programme(
     energy: str,
     positions: torch.Tensor | None = None,
     chunk_elements: int | None = None,
-) -> torch.Tensor:
+    return_log_partition: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """HSA of validated ``q, k: (..., N, d_k)``, ``v: (..., N, d_v)`` (equal batch shapes).
 
     Returns ``(..., N, d_v)`` in the input dtype; accumulates in :func:`accumulation_dtype`.
     ``chunk_elements`` (default :data:`CHUNK_ELEMENTS`) bounds the energies formed at once.
+    With ``return_log_partition=True`` returns ``(y, F)``: ``F`` ``(..., N + M)`` holds the
+    log-partition ``F(x)`` of every node (leaves first, in the accumulation dtype), differentiable
+    like ``y``; the sequence-parallel entry point reads it at the roots of a shard's subtrees.
     """
     budget = CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
     out_dtype, acc = q.dtype, accumulation_dtype(q.dtype)
@@ -285,4 +289,7 @@ def hsa_programme(
     y = u.index_select(1, layout.leaf_parent)
     y = y.addcmul_(log_w_parent.exp().unsqueeze(-1), sent_leaf)
     y = y.addcmul_((log_w_parent + log_mu_leaf).exp().unsqueeze(-1), v)
-    return y.reshape(*batch, n, d_v).to(out_dtype)
+    y = y.reshape(*batch, n, d_v).to(out_dtype)
+    if return_log_partition:
+        return y, torch.cat([f_leaf, f_fam[:, :m]], 1).reshape(*batch, n + m)
+    return y
