@@ -53,6 +53,11 @@ def _children(
         rows = leaf.narrow(dim, bucket.leaf_start, f * w)
     elif not bucket.has_families:
         rows = leaf.index_select(dim, bucket.slot_leaf)
+        if bucket.leaf_slots.numel() < f * w:
+            # padded slots read leaf 0: masked, so that neither its values nor (in the
+            # backward) 0 * NaN from another tree reach it
+            is_leaf = bucket.slot_is_leaf.view(-1, *([1] * (leaf.dim() - dim - 1)))
+            rows = rows.masked_fill(~is_leaf, 0)
     elif not bucket.has_leaves:
         rows = family.index_select(dim, bucket.slot_family)
     else:

@@ -413,3 +413,24 @@ def test_blocks_cover_every_row_once_within_the_budget(z, f, w, budget):
         assert z * (b - a) * (r1 - r0) * w <= budget or (b - a, r1 - r0) == (1, 1)
         seen[a:b, r0:r1] += 1
     assert bool((seen == 1).all())
+
+
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+def test_non_finite_inputs_stay_in_their_tree_forward_and_backward(energy):
+    """Padded slots of a bucket must not carry a NaN (or its 0 * NaN gradient) across trees."""
+    from distributed_worker import random_forest
+
+    h = random_forest([5, 17, 1, 9, 30, 3, 12, 2], 11)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(h.num_leaves, 6, generator=g, dtype=torch.float64) for _ in "qkv")
+    bad = 35
+    q[bad, 0] = float("nan")
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    y = hsa(*leaves, h, energy=energy)
+    y.sum().backward()
+    roots = torch.as_tensor(h.root_of[: h.num_leaves])
+    other = roots != roots[bad]
+    assert torch.isfinite(y[other]).all()
+    for x in leaves:
+        assert torch.isfinite(x.grad[other]).all()
+    assert not torch.isfinite(y[~other]).all()
