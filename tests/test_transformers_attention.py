@@ -80,11 +80,11 @@ def _model_rule(out: torch.Tensor, ref64: torch.Tensor, ref32: torch.Tensor):
     """SPEC section 6's rule on whole-model hidden states.
 
     ``ref64``: the unmodified model (SDPA) in float64; ``ref32``: the same in float32, i.e. the
-    float32 error that SDPA itself makes through all the layers. ``score_max=0``: the hidden
-    states are layer-normed sums, so the rounding noise of the answer is ``16 eps |ref64|``.
+    float32 error that SDPA itself makes through all the layers; the rounding noise of the
+    answer is ``atol = 8 eps max|ref64|``. ``score_max=0`` keeps the float32 relative limit: the
+    hidden states are layer-normed sums, not one attention call's output.
     """
-    value_max = ref64.abs().max().item()
-    return agreement(out, ref64, ref32, dtype=torch.float32, score_max=0.0, value_max=value_max)
+    return agreement(out, ref64, ref32, dtype=torch.float32, score_max=0.0)
 
 
 # --------------------------------------------------------------------------- registration
