@@ -14,6 +14,7 @@ from .reference import (
     kl_to_softmax,
     log_partition,
     score_matrix,
+    sibling_log_partition,
     softmax_kl_lower_bound,
 )
 from .validation import ENERGIES, check_attention_inputs
@@ -30,6 +31,7 @@ __all__ = [
     "kl_to_softmax",
     "log_partition",
     "score_matrix",
+    "sibling_log_partition",
     "softmax_kl_lower_bound",
 ]
 

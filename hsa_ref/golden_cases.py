@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .hierarchy import Hierarchy
+from .reference import family_shares, hsa_attention_matrix, log_partition, sibling_log_partition
 from .tolerance import (
     ATOL_FACTOR,
     DTYPES,
@@ -439,6 +440,31 @@ def case_specs() -> list[CaseSpec]:
 
 # ---------------------------------------------------------------------------- the cases
 QUANTITIES = ("out", "grad_q", "grad_k", "grad_v", "grad_positions")
+STRUCTURE_MAX_LEAVES = 32
+
+
+def structure_record(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    hierarchy: Hierarchy,
+    *,
+    scale: float,
+    energy: str,
+    positions: torch.Tensor | None,
+) -> dict[str, Any]:
+    """SPEC section 3's intermediate values (float64) for a port to compare step by step:
+    ``theta``, and per node ``F``, ``L`` and ``mu`` (``None`` at roots)."""
+    kw = {"scale": scale, "energy": energy, "positions": positions}
+    theta = hsa_attention_matrix(q, k, hierarchy, **kw)
+    f = log_partition(q, k, hierarchy, **kw)
+    lse = sibling_log_partition(q, k, hierarchy, **kw)
+    shares = family_shares(q, k, hierarchy, **kw)
+    mu: list[float | None] = [None] * hierarchy.num_nodes
+    for family, share in shares.items():
+        for r, child in enumerate(hierarchy.children(family)):
+            mu[child] = share[r, r].item()
+    lse_list = [None if m is None else lse[x].item() for x, m in enumerate(mu)]
+    return {"theta": theta.tolist(), "F": f.tolist(), "L": lse_list, "mu": mu}
 
 
 def quantity_kind(quantity: str) -> str:
@@ -472,6 +498,7 @@ class GoldenCase:
     expected: dict[str, torch.Tensor]
     references: dict[str, dict[str, torch.Tensor]]
     tolerance: dict[str, Any]
+    structure: dict[str, Any] | None = None
 
     @property
     def out(self) -> torch.Tensor:
@@ -540,6 +567,8 @@ class GoldenCase:
             dtype: {quantity: t.tolist() for quantity, t in by_quantity.items()}
             for dtype, by_quantity in self.references.items()
         }
+        if self.structure is not None:
+            obj["structure"] = self.structure
         obj["tolerance"] = self.tolerance
         return obj
 
@@ -604,6 +633,7 @@ class GoldenCase:
             expected=expected,
             references=references,
             tolerance=obj["tolerance"],
+            structure=obj.get("structure"),
         )
 
 
@@ -766,6 +796,9 @@ def make_case(
         for label, dtype in DTYPES.items()
     }
     score_max = score_magnitude(q, k, h, scale=scale_value, energy=energy, positions=pos)
+    structure = None
+    if h.num_leaves <= STRUCTURE_MAX_LEAVES:
+        structure = structure_record(q, k, h, scale=scale_value, energy=energy, positions=pos)
     return GoldenCase(
         name=name,
         description=description,
@@ -781,6 +814,7 @@ def make_case(
         expected=expected,
         references=references,
         tolerance=tolerance_record(expected, references, perturbation, score_max=score_max),
+        structure=structure,
     )
 
 
@@ -878,6 +912,10 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item() if a.numel() else 0.0
 
 
+def _flat(x: Any) -> list[Any]:
+    return [y for row in x for y in row] if x and isinstance(x[0], list) else list(x)
+
+
 def drift(stored: GoldenCase, fresh: GoldenCase) -> list[str]:
     """Differences between a stored case and a fresh generation; empty when they agree.
 
@@ -923,6 +961,16 @@ def drift(stored: GoldenCase, fresh: GoldenCase) -> list[str]:
                 problems.append(
                     f"{field}: max |stored - fresh| = {_max_abs(a, b):.3g} > {limit:.3g}"
                 )
+    if (stored.structure is None) != (fresh.structure is None):
+        problems.append("structure: stored and fresh differ in whether they carry it")
+    elif stored.structure is not None:
+        for key in ("theta", "F", "L", "mu"):
+            a, b = stored.structure[key], fresh.structure[key]
+            nums = [(x, y) for x, y in zip(_flat(a), _flat(b), strict=True) if x is not None]
+            if [x is None for x in _flat(a)] != [y is None for y in _flat(b)] or any(
+                not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in nums
+            ):
+                problems.append(f"structure.{key}: stored values differ from a fresh generation")
     perturbation = {
         label: {quantity: limit["perturbation_error"] for quantity, limit in limits.items()}
         for label, limits in tol["limits"].items()

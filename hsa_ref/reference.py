@@ -21,6 +21,7 @@ __all__ = [
     "kl_to_softmax",
     "log_partition",
     "score_matrix",
+    "sibling_log_partition",
     "softmax_kl_lower_bound",
     "tree_mask",
 ]
@@ -81,11 +82,15 @@ def _prepare(q, k, hierarchy, scale, energy, positions, dtype):
 
 
 def _recursion(
-    s: torch.Tensor, hierarchy: Hierarchy, pos: torch.Tensor | None
+    s: torch.Tensor,
+    hierarchy: Hierarchy,
+    pos: torch.Tensor | None,
+    lse: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """``F`` for every node ``(..., N+M)`` and each family's share matrix ``(..., b, b)``.
 
     The share matrix of family ``A`` has ``mu(B)`` on the diagonal and ``delta(B, C)`` off it.
+    ``lse``, when given, receives ``L(B)`` of every child ``B`` (shape ``(...)``).
     """
     n = hierarchy.num_leaves
     dtype, device = s.dtype, s.device
@@ -110,6 +115,8 @@ def _recursion(
         log_z = torch.logsumexp(logits, dim=-1)  # L(B), shape (..., b)
         f[a] = (counts[kids] / counts[a] * log_z).sum(-1)
         shares[a] = torch.exp(logits - log_z.unsqueeze(-1))
+        if lse is not None:
+            lse.update({b: log_z[..., r] for r, b in enumerate(kids)})
     return torch.stack(f, dim=-1), shares
 
 
@@ -188,6 +195,28 @@ def log_partition(
     """``F`` of every node, shape ``(..., N+M)``; ``F(root)`` gives the optimal objective."""
     _, s, pos = _prepare(q, k, hierarchy, scale, energy, positions, dtype)
     return _recursion(s, hierarchy, pos)[0]
+
+
+def sibling_log_partition(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    hierarchy: Hierarchy,
+    *,
+    scale: float | None = None,
+    energy: str = "dot",
+    positions: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """``L(B)`` of every node, shape ``(..., N+M)``: the log-sum-exp of ``F(B)`` and
+    ``log|C| + e_BC`` over its siblings ``C`` (SPEC section 3); NaN at roots."""
+    dtype = check_dtype(dtype)
+    _, s, pos = _prepare(q, k, hierarchy, scale, energy, positions, dtype)
+    lse: dict[int, torch.Tensor] = {}
+    _recursion(s, hierarchy, pos, lse)
+    out = torch.full((*s.shape[:-2], hierarchy.num_nodes), torch.nan, dtype=dtype, device=s.device)
+    for node, value in lse.items():
+        out[..., node] = value
+    return out
 
 
 def hsa_attention_matrix(

@@ -231,3 +231,25 @@ def test_every_dtype_can_check_most_of_the_set(stored):
     for label, dtype in DTYPES.items():
         checkable = [c.name for c in stored if c.limit(dtype, "out")["checkable"]]
         assert len(checkable) >= len(stored) - 4, (label, len(checkable))
+
+
+def test_small_cases_carry_the_recursion_step_by_step(stored):
+    """``structure``: theta reproduces ``out``, mu is what theta keeps, F and L obey SPEC 3."""
+    from hsa_ref.diagnostics import family_table
+
+    small = [c for c in stored if c.hierarchy.num_leaves <= golden_cases.STRUCTURE_MAX_LEAVES]
+    assert len(small) >= 20
+    assert all(c.structure is None for c in stored if c not in small)
+    for case in small:
+        h, st = case.hierarchy, case.structure
+        theta = torch.tensor(st["theta"], dtype=torch.float64)
+        assert (theta @ case.v - case.out).abs().max() <= 1e-12 * (1 + case.v.abs().max())
+        for a in h.families:
+            kids = h.children(a)
+            f_a = sum(h.leaf_counts[b] / h.leaf_counts[a] * st["L"][b] for b in kids)
+            assert st["F"][a] == pytest.approx(f_a, rel=1e-9, abs=1e-9), case.name
+            if len(kids) > 1 and case.tolerance["score_max"] < 100:
+                table = family_table(theta, h, a)
+                kept = (table.diagonal() / table.sum(1)).tolist()
+                assert kept == pytest.approx([st["mu"][b] for b in kids], abs=1e-9), case.name
+        assert [st["mu"][r] for r in h.roots] == [None] * h.num_trees
