@@ -772,6 +772,11 @@ def _single_child(target: Target, case: HSACase, data: st.DataObject) -> None:
     ref = _reference(target, case)
     a = _run(target, case, ref, **note)
     b = _run(target, case, ref, h=wrapped, kw=kw_wrapped, **note)
+    if "positions" in b.grads:  # the new family's position is a copy of the node's
+        g = b.grads["positions"]
+        back = g[:-1].clone()
+        back[node] += g[-1]
+        b = Call(out=b.out, grads={**b.grads, "positions": back}, problem=b.problem)
     _require_close(
         case, b, a, _limits(ref, ref), "a single-child family changed the result", **note
     )

@@ -1,0 +1,38 @@
+"""HSA's invariants, stated once: the conformance suite's properties, held against the project's
+own implementations (the float64 reference and hsa_fast in every dtype, outputs and gradients).
+
+The examples per property follow the Hypothesis profile (``dev`` 20, ``ci`` 30, ``thorough``
+500; tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import settings
+
+from hsa_fast import hsa
+from hsa_ref import hsa_reference
+from hsa_ref.conformance import PROPERTIES, Target, check_property
+from hsa_ref.tolerance import DTYPES
+
+EXAMPLES = settings.default.max_examples
+TARGETS = {"reference-float64": (hsa_reference, torch.float64)} | {
+    f"hsa_fast-{name}": (hsa, dtype) for name, dtype in DTYPES.items()
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("prop", list(PROPERTIES))
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_invariant(target, prop):
+    impl, dtype = TARGETS[target]
+    outcome = check_property(Target(impl, dtype), PROPERTIES[prop], examples=EXAMPLES, seed=7)
+    assert outcome.status == "passed", outcome.line()
