@@ -636,8 +636,6 @@ def _reference(target: Target, case: HSACase, q=None, k=None, v=None, h=None, kw
     k = case.k if k is None else k
     v = case.v if v is None else v
     grad_out = case.grad_out if target.capabilities.gradients else None
-    if grad_out is not None and grad_out.shape != (*q.shape[:-1], v.shape[-1]):
-        grad_out = torch.ones(*q.shape[:-1], v.shape[-1], dtype=v.dtype)
     return _Reference.of(
         q,
         k,
@@ -652,7 +650,6 @@ def _reference(target: Target, case: HSACase, q=None, k=None, v=None, h=None, kw
 def _run(
     target: Target,
     case: HSACase,
-    ref: _Reference,
     q=None,
     k=None,
     v=None,
@@ -667,12 +664,7 @@ def _run(
     kw = case.kwargs() if kw is None else kw
     if _RUN.timed_out:  # no second wait: report the same failure at once
         return Call(problem=_RUN.timed_out)
-    grad_out = None
-    if target.capabilities.gradients and case.grad_out is not None:
-        grad_out = case.grad_out
-        if grad_out.shape != (*q.shape[:-1], v.shape[-1]):
-            grad_out = torch.ones(*q.shape[:-1], v.shape[-1], dtype=v.dtype)
-    got = target(q, k, v, h, kw, grad_out)
+    got = target(q, k, v, h, kw, case.grad_out)
     if got.unsupported:
         _RUN.unsupported += 1
         reject()
@@ -687,15 +679,15 @@ _MAGNITUDES = (1e-3, 1.0, 5.0, 30.0, 1e4)
 
 def _matches_reference(target: Target, case: HSACase, data: st.DataObject) -> None:
     ref = _reference(target, case)
-    _require(case, _run(target, case, ref), ref, "differs from the reference")
+    _require(case, _run(target, case), ref, "differs from the reference")
 
 
 def _default_scale(target: Target, case: HSACase, data: st.DataObject) -> None:
     explicit = {**case.kwargs(), "scale": 1.0 / math.sqrt(case.q.shape[-1])}
     implicit = {**case.kwargs(), "scale": None}
     ref = _reference(target, case, kw=explicit)
-    a = _run(target, case, ref, kw=implicit, called_with="scale=None and 1/sqrt(d_k)")
-    b = _run(target, case, ref, kw=explicit, called_with="scale=None and 1/sqrt(d_k)")
+    a = _run(target, case, kw=implicit, called_with="scale=None and 1/sqrt(d_k)")
+    b = _run(target, case, kw=explicit, called_with="scale=None and 1/sqrt(d_k)")
     _require_close(
         case,
         a,
@@ -711,7 +703,7 @@ def _constant_values(target: Target, case: HSACase, data: st.DataObject) -> None
     v = case.v[..., row : row + 1, :].expand_as(case.v).contiguous()
     note = {"values": f"every row of v equal to row {row}"}
     ref = _reference(target, case, v=v)
-    got = _run(target, case, ref, v=v, **note)
+    got = _run(target, case, v=v, **note)
     _require(
         case,
         got,
@@ -734,7 +726,7 @@ def _one_family_softmax(target: Target, case: HSACase, data: st.DataObject) -> N
         grads = dict(zip("qkv", (g.detach() for g in values), strict=True))
     softmax = Call(out=out.detach(), grads=grads)
     ref = _reference(target, case)
-    got = _run(target, case, ref)
+    got = _run(target, case)
     # softmax attention in float64 is itself one float64 evaluation: the two may each err by
     # the reference's tolerance
     _require_close(
@@ -748,9 +740,7 @@ def _one_leaf_trees(target: Target, case: HSACase, data: st.DataObject) -> None:
         zero = torch.zeros_like(case.q, dtype=torch.float64)
         expected |= {"q": zero, "k": zero, "v": case.grad_out.double()}
     ref = _reference(target, case)
-    _require(
-        case, _run(target, case, ref), ref, "one-leaf trees do not return v", expected=expected
-    )
+    _require(case, _run(target, case), ref, "one-leaf trees do not return v", expected=expected)
 
 
 def _single_child(target: Target, case: HSACase, data: st.DataObject) -> None:
@@ -770,8 +760,8 @@ def _single_child(target: Target, case: HSACase, data: st.DataObject) -> None:
         kw_wrapped = kw
     note = {"wrapped": wrapped.to_json()}
     ref = _reference(target, case)
-    a = _run(target, case, ref, **note)
-    b = _run(target, case, ref, h=wrapped, kw=kw_wrapped, **note)
+    a = _run(target, case, **note)
+    b = _run(target, case, h=wrapped, kw=kw_wrapped, **note)
     if "positions" in b.grads:  # the new family's position is a copy of the node's
         g = b.grads["positions"]
         back = g[:-1].clone()
@@ -797,7 +787,7 @@ def _permutation(target: Target, case: HSACase, data: st.DataObject) -> None:
         kw = {**kw, "positions": pos}
     note = {"leaf_map": list(leaf_map), "family_map": list(family_map)}
     ref = _reference(target, case)
-    a = _run(target, case, ref, **note)
+    a = _run(target, case, **note)
     qm, km, vm = (x[..., inv, :] for x in (case.q, case.k, case.v))
     moved_case = HSACase(
         **{
@@ -805,7 +795,7 @@ def _permutation(target: Target, case: HSACase, data: st.DataObject) -> None:
             "grad_out": None if case.grad_out is None else case.grad_out[..., inv, :],
         }
     )
-    b = _run(target, moved_case, ref, q=qm, k=km, v=vm, h=moved, kw=kw, **note)
+    b = _run(target, moved_case, q=qm, k=km, v=vm, h=moved, kw=kw, **note)
     if a.ok and b.ok:
         back = {"out": b.out[..., leaf_map, :]}
         back |= {n: g[..., leaf_map, :] for n, g in b.grads.items() if n != "positions"}
@@ -829,7 +819,7 @@ def _subtree(h: Hierarchy, root: int, leaves: list[int]) -> tuple[Hierarchy, lis
 def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
     h = case.hierarchy
     ref = _reference(target, case)
-    whole = _run(target, case, ref)
+    whole = _run(target, case)
     roots = h.root_of[: h.num_leaves]
     for root in h.roots:
         leaves = [int(x) for x in (roots == root).nonzero()[0]]
@@ -846,7 +836,7 @@ def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
             }
         )
         ref_alone = _reference(target, alone_case, q, k, v, sub, kw)
-        alone = _run(target, alone_case, ref_alone, q, k, v, sub, kw)
+        alone = _run(target, alone_case, q, k, v, sub, kw)
         if whole.ok and alone.ok:
             part = Call(
                 out=whole.out[..., rows, :],
@@ -863,14 +853,14 @@ def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
 
 def _batch(target: Target, case: HSACase, data: st.DataObject) -> None:
     ref = _reference(target, case)
-    whole = _run(target, case, ref)
+    whole = _run(target, case)
     for index in itertools.product(*(range(n) for n in case.q.shape[:-2])):
         q, k, v = (x[index] for x in (case.q, case.k, case.v))
         one = HSACase(
             **{**case.__dict__, "grad_out": None if case.grad_out is None else case.grad_out[index]}
         )
         ref_one = _reference(target, one, q, k, v)
-        single = _run(target, one, ref_one, q, k, v)
+        single = _run(target, one, q, k, v)
         part = whole
         if whole.ok:
             part = Call(
@@ -887,8 +877,7 @@ def _batch(target: Target, case: HSACase, data: st.DataObject) -> None:
 
 
 def _finite_at_huge_scores(target: Target, case: HSACase, data: st.DataObject) -> None:
-    ref = _reference(target, case)
-    got = _run(target, case, ref)
+    got = _run(target, case)
     if got.problem:
         raise _fail(case, f"at |s| ~ 1e4: {got.problem}")
     for name, x in _quantities(got).items():
