@@ -8,8 +8,8 @@ For a cut node ``B`` (a maximal subtree on one rank, :mod:`hsa_fast.sharding`) a
 where ``y^B`` is HSA over ``B``'s subtree alone, ``W(B)`` the product of the shares kept from
 the root down to ``B`` and ``U(B)`` what ``B``'s ancestors' siblings send into it. ``W(B)`` and
 ``U(B)`` depend on the leaves outside ``B`` only through the summaries of the other cut nodes:
-``|C|``, the means of ``q, k, v`` (and of ``||q||^2, ||k||^2`` for the distance energy) and
-``F(C)``. So each rank
+``|C|``, the means of ``q, k, v`` (and, for the distance energy, the variances
+``Vq(C) = mean over i in C of ||q_i - qbar_C||^2`` and ``Vk(C)``) and ``F(C)``. So each rank
 
 1. runs the programme on its local forest, getting ``y^B`` and ``F(B)`` (no communication);
 2. all-gathers the summaries of its cut nodes that have a parent;
@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from hsa_ref import Hierarchy, check_attention_inputs
 
+from .api import centre_per_tree
 from .layout import compile_hierarchy
 from .programme import accumulation_dtype, hsa_programme
 from .sharding import Shard, ShardPlan, partition
@@ -172,10 +173,12 @@ def _top_tree(
 ) -> torch.Tensor:
     """``(Z, P * slots, d_v + 1)``: ``U`` and ``log W`` of every cut row of ``table``.
 
-    ``table`` ``(Z, R, width)`` holds per row ``[mean q, mean k, mean v, F, (mean ||q||^2,
-    mean ||k||^2)]``, cut rows filled and family rows zero. Families are evaluated level by
-    level exactly as in SPEC section 5, out of place (the top tree is small). Padded child
-    slots read an extra zero row, so a non-finite tree never leaks into another's families.
+    ``table`` ``(Z, R, width)`` holds per row ``[mean q, mean k, mean v, F, (Vq, Vk)]``, cut
+    rows filled and family rows zero. Families are evaluated level by level exactly as in SPEC
+    section 5, out of place (the top tree is small). For the distance energy the block energies
+    take the programme's variance form, ``-scale/2 (|qbar_B - kbar_C|^2 + Vq(B) + Vk(C))`` about
+    the family's centre, so no cancellation grows with the distance from the origin. Padded
+    child slots read an extra zero row, so a non-finite tree never leaks into another's families.
     """
     device, acc = table.device, table.dtype
     z, num_cut, pad = table.shape[0], plan.num_shards * plan.slots, table.shape[1]
@@ -193,16 +196,32 @@ def _top_tree(
         v_c, f_c = rows[..., 2 * d_k : 2 * d_k + d_v], rows[..., 2 * d_k + d_v]
         size = torch.where(valid, counts[kids_t.clamp(min=0)], 0.0)  # (f, w)
         weight = size / size.sum(-1, keepdim=True)
-        energies = scale * (q_c @ k_c.transpose(-1, -2))  # e_BC: (Z, f, w, w)
+        means = (weight.unsqueeze(-1) * rows).sum(-2)  # means over A of every column but F
         if distance:
-            q_sq, k_sq = rows[..., -2], rows[..., -1]
-            energies = energies - 0.5 * scale * (q_sq.unsqueeze(-1) + k_sq.unsqueeze(-2))
+            q_a, k_a = means[..., :d_k], means[..., d_k : 2 * d_k]
+            centre = (0.5 * (q_a + k_a)).unsqueeze(-2)
+            dq, dk = q_c - centre, k_c - centre
+            vq, vk = rows[..., -2] + dq.square().sum(-1), rows[..., -1] + dk.square().sum(-1)
+            energies = scale * (dq @ dk.transpose(-1, -2))
+            energies = energies - 0.5 * scale * (vq.unsqueeze(-1) + vk.unsqueeze(-2))
+            # Vq(A) = sum_B |B|/|A| (Vq(B) + |qbar_B - qbar_A|^2), likewise Vk(A)
+            spread_q = (q_c - q_a.unsqueeze(-2)).square().sum(-1)
+            spread_k = (k_c - k_a.unsqueeze(-2)).square().sum(-1)
+            var_a = torch.stack(
+                [
+                    (weight * (rows[..., -2] + spread_q)).sum(-1),
+                    (weight * (rows[..., -1] + spread_k)).sum(-1),
+                ],
+                -1,
+            )
+            means = torch.cat([means[..., :-2], var_a], -1)
+        else:
+            energies = scale * (q_c @ k_c.transpose(-1, -2))  # e_BC: (Z, f, w, w)
         eye = torch.eye(w, dtype=torch.bool, device=device)
         logits = torch.where(eye, f_c.unsqueeze(-1), energies + size.log().unsqueeze(1))
         log_z = torch.logsumexp(logits, -1)  # L(B)
         share = torch.exp(logits - log_z.unsqueeze(-1)).masked_fill(eye, 0.0)
         saved.append((fams_t, kids_t, valid, f_c - log_z, share @ v_c))
-        means = (weight.unsqueeze(-1) * rows).sum(-2)  # means over A of every column but F
         f_a = (weight * log_z).sum(-1, keepdim=True)  # F(A) = sum_B |B|/|A| L(B)
         col = 2 * d_k + d_v
         means = torch.cat([means[..., :col], f_a, means[..., col + 1 :]], -1)
@@ -350,10 +369,13 @@ def hsa_sharded(
     kwargs = {"scale": checked.scale, "energy": checked.energy}
     if not plan.top_levels:  # every tree lies on one shard: nothing to exchange
         run = hsa_triton if chosen == "triton" else hsa_programme
-        return run(q, k, v, layout, **kwargs)
-    y_local, f_all = hsa_programme(q, k, v, layout, return_log_partition=True, **kwargs)
+        q_run, k_run = centre_per_tree(q, k, layout) if distance else (q, k)
+        return run(q_run, k_run, v, layout, **kwargs)
+    # y^B and F(B) are invariant under a common shift of a local tree's q and k (distance)
+    q_run, k_run = centre_per_tree(q, k, layout) if distance else (q, k)
+    y_local, f_all = hsa_programme(q_run, k_run, v, layout, return_log_partition=True, **kwargs)
     if chosen == "triton":
-        y_local = hsa_triton(q, k, v, layout, **kwargs)
+        y_local = hsa_triton(q_run, k_run, v, layout, **kwargs)
 
     acc = accumulation_dtype(q.dtype)
     batch = checked.batch_shape
@@ -376,12 +398,15 @@ def hsa_sharded(
     sent_roots = torch.as_tensor(shard.cut_local[shard.sent], dtype=torch.long, device=device)
     f_cut = f_all.reshape(z, -1).index_select(1, sent_roots)
     f_cut = torch.cat([f_cut, f_cut.new_zeros(z, slots - shard.sent.size)], 1)
-    columns = [mean(qz), mean(kz), mean(vz), f_cut.unsqueeze(-1)]
-    if distance:
-        columns += [
-            mean(qz.square().sum(-1, keepdim=True)),
-            mean(kz.square().sum(-1, keepdim=True)),
-        ]
+    q_mean, k_mean = mean(qz), mean(kz)
+    columns = [q_mean, k_mean, mean(vz), f_cut.unsqueeze(-1)]
+    if distance:  # within-node variances, two-pass: deviations from each cut node's own mean
+
+        def spread(x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+            padded = torch.cat([centre, centre.new_zeros(z, 1, centre.shape[-1])], 1)
+            return (x - padded.index_select(1, leaf_slot)).square().sum(-1, keepdim=True)
+
+        columns += [mean(spread(qz, q_mean)), mean(spread(kz, k_mean))]
     local = torch.cat(columns, -1).transpose(0, 1).contiguous()  # (slots, Z, width)
 
     gathered = _GatherSummaries.apply(local, group, world, rank, stats)  # (P, slots, Z, width)

@@ -62,6 +62,7 @@ class Case:
     scale: float | None = None
     nan_leaf: int | None = None  # a leaf whose query is NaN
     as_hierarchy: bool = False  # pass the hierarchy to hsa_sharded, not the plan
+    offset: float = 0.0  # added to every entry of q and k (the distance energy is unchanged)
 
     def inputs(self) -> tuple[torch.Tensor, ...]:
         """Full ``q, k, v`` and the output gradient, in ``dtype``."""
@@ -71,6 +72,8 @@ class Case:
             torch.randn(*self.batch, n, d, generator=g, dtype=torch.float64).to(self.dtype)
             for d in (self.d_k, self.d_k, self.d_v, self.d_v)
         )
+        if self.offset:
+            q, k = q + self.offset, k + self.offset
         if self.nan_leaf is not None:
             q[..., self.nan_leaf, 0] = float("nan")
         return q, k, v, grad
@@ -97,6 +100,7 @@ def cases(world: int) -> list[Case]:
         Case("chains", Hierarchy.from_nested([[[[0, 1]]], [[2], [[3, 4, 5]]]]), None, "dot", (), 9),
         Case("nan_stays_in_its_tree", forest, forest_split, "dot", (2,), 13, nan_leaf=35),
         Case("huge_scores", forest, forest_split, "distance", (), 14, scale=2e3),
+        Case("distance_far_from_origin", forest, forest_split, "distance", (2,), 16, offset=300.0),
         Case("hierarchy_given", forest, None, "dot", (), 15, as_hierarchy=True),
         Case("triton_float32", forest, forest_split, "dot", (2,), 12, dtype=f32, backend="triton"),
         Case("planted_no_U", forest, forest_split, "dot", (), 10, planted="no_U"),
