@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import checkout_env
+
 MB = 1 << 20
 
 
@@ -89,7 +91,7 @@ def child(case: dict) -> dict:
 def _spawn(case: dict) -> dict:
     # A fixed mmap threshold (glibc's default value) turns off glibc's sliding threshold, which
     # would move large freed blocks onto the heap and count them as resident after their free.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = checkout_env(OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.memory", "--child", json.dumps(case)],
