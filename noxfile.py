@@ -61,7 +61,7 @@ def lint(session: nox.Session) -> None:
 def main(session: nox.Session) -> None:
     """The main job: the verification summary, then the benchmark sweep and its plots."""
     _install(session, "test")
-    session.run("python", "-m", "hsa_ref.summary", *session.posargs)
+    session.run("python", "-m", "bench.summary", *session.posargs)
     session.run("python", "-m", "bench")
 
 

@@ -249,3 +249,29 @@ def test_memory_baseline_is_the_programme_of_that_revision(tmp_path):
     )
     result = memory.child({"n": 64, "b": 8, "d": 4, "backward": True})
     assert isinstance(result["extra_bytes"], int)
+
+
+# ----------------------------------------------------------------------------------- summary
+def test_summary_fails_a_planted_programme(monkeypatch):
+    """``python -m bench.summary``: the real programme passes its comparisons with the
+    reference; one that returns zeros fails them, and the exit status says so."""
+    import io
+
+    import torch
+
+    from bench import summary
+
+    fast = [c for c in summary.CHECKS if c.name.startswith("hsa_fast vs reference, float64")]
+    assert len(fast) == 1
+    assert all(r.passed for r in summary.run_checks(tuple(fast), stream=io.StringIO()))
+
+    def zeros(q, k, v, h, **kwargs):
+        return torch.zeros_like(v)
+
+    monkeypatch.setattr(summary, "hsa", zeros)
+    out = io.StringIO()
+    (result,) = summary.run_checks(tuple(fast), stream=out)
+    assert not result.passed
+    assert "FAIL" in out.getvalue()
+    monkeypatch.setattr(summary, "run_checks", lambda: [result])
+    assert summary.main([]) == 1
