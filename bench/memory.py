@@ -60,7 +60,7 @@ def _load_programme(path: str | None):
 def _hierarchy(n: int, b: int):
     from hsa_ref import Hierarchy
 
-    return Hierarchy.from_parents([n] * n + [-1], n) if b >= n else Hierarchy.balanced(n, b)
+    return Hierarchy.one_family(n) if b >= n else Hierarchy.balanced(n, b)
 
 
 def child(case: dict) -> dict:

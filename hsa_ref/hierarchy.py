@@ -420,7 +420,7 @@ class Hierarchy:
     def num_energies(self) -> int:
         """``N + sum_f b_f (b_f - 1)``: the energies HSA evaluates (SPEC section 5), one per leaf
         and one per ordered pair of siblings. Dense attention evaluates ``N ** 2``."""
-        b = self.branching
+        b = self.branching.astype(np.int64)
         return self.num_leaves + int((b * (b - 1)).sum())
 
     @property

@@ -125,7 +125,7 @@ def test_structures(name, energy):
 
 def test_one_wide_family_is_softmax_attention():
     n = 150  # three tiles of 64 children per row, swept with an online log-sum-exp
-    h = Hierarchy.from_parents([n] * n + [-1], n)
+    h = Hierarchy.one_family(n)
     q, k, v = _qkv(2, n, d_k=8, d_v=5, batch=(1,))
     torch.testing.assert_close(
         _triton(q, k, v, h), F.scaled_dot_product_attention(q, k, v), rtol=1e-4, atol=1e-5
