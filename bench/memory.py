@@ -68,6 +68,7 @@ def child(case: dict) -> dict:
     import torch
 
     from hsa_fast import compile_hierarchy
+    from hsa_ref.validation import check_scale
 
     torch.set_num_threads(1)
     run = _load_programme(case.get("programme"))
@@ -81,7 +82,7 @@ def child(case: dict) -> dict:
         f.write("5")  # reset VmHWM to the current RSS
     before = _status_kib("VmRSS")
     with torch.set_grad_enabled(backward):
-        out = run(q, k, v, layout, scale=d**-0.5, energy=case.get("energy", "dot"))
+        out = run(q, k, v, layout, scale=check_scale(None, d), energy=case.get("energy", "dot"))
         if backward:
             out.backward(grad_out)
     peak = _status_kib("VmHWM")
@@ -118,6 +119,7 @@ def speed_ratio(n: int, b: int, d: int, baseline: str, repeats: int) -> tuple[fl
     import torch
 
     from hsa_fast import compile_hierarchy
+    from hsa_ref.validation import check_scale
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -130,7 +132,7 @@ def speed_ratio(n: int, b: int, d: int, baseline: str, repeats: int) -> tuple[fl
             for _ in range(repeats):
                 for name, fn in (("old", old), ("new", new)):
                     start = time.perf_counter()
-                    fn(q, k, v, layout, scale=d**-0.5, energy="dot")
+                    fn(q, k, v, layout, scale=check_scale(None, d), energy="dot")
                     best[name] = min(best[name], time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
