@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -80,6 +82,7 @@ class HSALayout:
     device: torch.device
     num_energies: int
     num_padded_energies: int
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def pad(self) -> int:
@@ -175,6 +178,8 @@ _CACHE: weakref.WeakKeyDictionary[Hierarchy, dict[torch.device, HSALayout]] = (
     weakref.WeakKeyDictionary()
 )
 _LOCK = threading.Lock()
+_DERIVED_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") -> HSALayout:
@@ -194,3 +199,18 @@ def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") 
         if layout is None:
             layout = per_device[device] = _build(hierarchy, device)
     return layout
+
+
+def derived(layout: HSALayout, name: str, build: Callable[[HSALayout], T]) -> T:
+    """``build(layout)``, computed once per layout and kept on it under ``name``.
+
+    For a backend's own form of a layout (the Triton kernels' plan): it lives exactly as long
+    as the layout, which :func:`compile_hierarchy`'s cache keeps while the hierarchy lives.
+    """
+    value = layout._derived.get(name)
+    if value is None:
+        with _DERIVED_LOCK:
+            value = layout._derived.get(name)
+            if value is None:
+                value = layout._derived[name] = build(layout)
+    return value

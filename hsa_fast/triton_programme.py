@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -35,7 +33,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from .layout import FamilyBucket, HSALayout
+from .layout import FamilyBucket, HSALayout, derived
 
 __all__ = [
     "BACKENDS",
@@ -158,32 +156,24 @@ def _plan_bucket(b: FamilyBucket, n: int, m: int) -> _Bucket:
     )
 
 
-_PLANS: dict[int, TritonPlan] = {}  # by id of a live layout
-_LOCK = threading.Lock()
-
-
 def triton_plan(layout: HSALayout) -> TritonPlan:
     """The :class:`TritonPlan` of ``layout``, built once per layout and kept while it lives."""
-    plan = _PLANS.get(id(layout))
-    if plan is not None:
-        return plan
-    with _LOCK:
-        plan = _PLANS.get(id(layout))
-        if plan is None:
-            n, m = layout.num_leaves, layout.num_families
-            plan = _PLANS[id(layout)] = TritonPlan(
-                num_leaves=n,
-                num_families=m,
-                buckets=tuple(_plan_bucket(b, n, m) for b in layout.up),
-                down=tuple(
-                    (fams.to(torch.int32), parents.to(torch.int32), int(fams.numel()))
-                    for fams, parents in layout.down
-                ),
-                leaf_parent=layout.leaf_parent.to(torch.int32),
-                root_leaves=torch.nonzero(layout.leaf_parent == m).flatten(),
-            )
-            weakref.finalize(layout, _PLANS.pop, id(layout), None)
-    return plan
+    return derived(layout, "triton_plan", _build_plan)
+
+
+def _build_plan(layout: HSALayout) -> TritonPlan:
+    n, m = layout.num_leaves, layout.num_families
+    return TritonPlan(
+        num_leaves=n,
+        num_families=m,
+        buckets=tuple(_plan_bucket(b, n, m) for b in layout.up),
+        down=tuple(
+            (fams.to(torch.int32), parents.to(torch.int32), int(fams.numel()))
+            for fams, parents in layout.down
+        ),
+        leaf_parent=layout.leaf_parent.to(torch.int32),
+        root_leaves=torch.nonzero(layout.leaf_parent == m).flatten(),
+    )
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -7,11 +7,13 @@ interpreter runs each program in Python. With CUDA they run compiled, on the GPU
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -241,6 +243,18 @@ def test_backend_choice(monkeypatch):
     hsa(q, k, v, h, backend="torch")
     if not CUDA:  # auto leaves CPU tensors to the PyTorch programme, interpreter or not
         hsa(q, k, v, h)
+
+
+def test_plan_is_built_once_per_layout_and_freed_with_it():
+    h = Hierarchy.balanced(30, 4)
+    layout = compile_hierarchy(h, DEVICE)
+    plan = triton_plan(layout)
+    assert triton_plan(compile_hierarchy(Hierarchy.balanced(30, 4), DEVICE)) is plan
+    assert triton_plan(compile_hierarchy(Hierarchy.balanced(30, 3), DEVICE)) is not plan
+    gone = weakref.ref(plan)
+    del h, layout, plan
+    gc.collect()
+    assert gone() is None
 
 
 def test_plan_covers_every_family_once():
