@@ -23,7 +23,7 @@ import torch
 
 from hsa_ref import Hierarchy
 
-__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy"]
+__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy", "derived"]
 
 
 @dataclass(frozen=True)
