@@ -1,7 +1,9 @@
 """Automation for hsa-suite: ``nox -s tests``, ``nox -s lint`` and friends.
 
 Every session installs the CPU build of torch first (``torch==2.13.0``), so a test run never
-pulls a multi-gigabyte CUDA build.
+pulls a multi-gigabyte CUDA build. Sessions install ``hsa_ref`` and ``hsa_fast``; ``bench`` and
+``proofs`` are not installed and run as ``python -m ...`` from the checkout's root, where nox
+runs every command.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def lint(session: nox.Session) -> None:
 def main(session: nox.Session) -> None:
     """The main job: the verification summary, then the benchmark sweep and its plots."""
     _install(session, "test")
-    session.run("python", "-m", "hsa_ref.summary", *session.posargs)
+    session.run("python", "-m", "bench.summary", *session.posargs)
     session.run("python", "-m", "bench")
 
 

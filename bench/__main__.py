@@ -20,12 +20,12 @@ virtual machine costs more than the arithmetic. It applies to all contenders ali
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from . import checkout_env
 from .cases import DEVICES
 
 DEFAULT_OUT = Path("results") / "bench"
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / device).mkdir(parents=True, exist_ok=True)
         print(f"== sweeps: profile {profile}, device {device} ==", flush=True)
         start = time.perf_counter()
-        env = dict(os.environ) if args.system_malloc else {**os.environ, **KEEP_FREED_MEMORY}
+        env = checkout_env() if args.system_malloc else checkout_env(**KEEP_FREED_MEMORY)
         command = pytest_command(profile, device, args.out, extra, args.threads)
         rc = subprocess.call(command, env=env)
         print(f"== {device}: {time.perf_counter() - start:.0f} s, pytest exit {rc} ==", flush=True)

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 
 import torch
 
+from bench import checkout_env
 from hsa_fast.distributed import CommStats, hsa_sharded, planned_collectives
 from hsa_fast.sharding import partition
 from hsa_ref import Hierarchy
@@ -174,7 +175,7 @@ def _free_port() -> int:
 
 def run_gloo(world: int, args: argparse.Namespace) -> dict:
     """Start ``world`` CPU ranks as torchrun would, wait (bounded), return rank 0's JSON."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = checkout_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     env["WORLD_SIZE"] = str(world)
     cmd = [sys.executable, "-m", "bench.distributed", "--launched", "--backend", "gloo"]
     cmd += ["--n", str(args.n), "--heads", str(args.heads), "--d", str(args.d)]

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import checkout_env
+
 MB = 1 << 20
 
 
@@ -58,7 +60,7 @@ def _load_programme(path: str | None):
 def _hierarchy(n: int, b: int):
     from hsa_ref import Hierarchy
 
-    return Hierarchy.from_parents([n] * n + [-1], n) if b >= n else Hierarchy.balanced(n, b)
+    return Hierarchy.one_family(n) if b >= n else Hierarchy.balanced(n, b)
 
 
 def child(case: dict) -> dict:
@@ -66,6 +68,7 @@ def child(case: dict) -> dict:
     import torch
 
     from hsa_fast import compile_hierarchy
+    from hsa_ref.validation import check_scale
 
     torch.set_num_threads(1)
     run = _load_programme(case.get("programme"))
@@ -79,7 +82,7 @@ def child(case: dict) -> dict:
         f.write("5")  # reset VmHWM to the current RSS
     before = _status_kib("VmRSS")
     with torch.set_grad_enabled(backward):
-        out = run(q, k, v, layout, scale=d**-0.5, energy=case.get("energy", "dot"))
+        out = run(q, k, v, layout, scale=check_scale(None, d), energy=case.get("energy", "dot"))
         if backward:
             out.backward(grad_out)
     peak = _status_kib("VmHWM")
@@ -89,7 +92,7 @@ def child(case: dict) -> dict:
 def _spawn(case: dict) -> dict:
     # A fixed mmap threshold (glibc's default value) turns off glibc's sliding threshold, which
     # would move large freed blocks onto the heap and count them as resident after their free.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = checkout_env(OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.memory", "--child", json.dumps(case)],
@@ -116,6 +119,7 @@ def speed_ratio(n: int, b: int, d: int, baseline: str, repeats: int) -> tuple[fl
     import torch
 
     from hsa_fast import compile_hierarchy
+    from hsa_ref.validation import check_scale
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -128,7 +132,7 @@ def speed_ratio(n: int, b: int, d: int, baseline: str, repeats: int) -> tuple[fl
             for _ in range(repeats):
                 for name, fn in (("old", old), ("new", new)):
                     start = time.perf_counter()
-                    fn(q, k, v, layout, scale=d**-0.5, energy="dot")
+                    fn(q, k, v, layout, scale=check_scale(None, d), energy="dot")
                     best[name] = min(best[name], time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)

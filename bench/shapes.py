@@ -27,7 +27,6 @@ __all__ = [
     "balanced_work",
     "build",
     "dense_work",
-    "programme_energies",
     "programme_work",
 ]
 
@@ -65,12 +64,6 @@ def _packed(n: int, b: int, trees: int) -> Hierarchy:
     return Hierarchy.from_parents(parent, n)
 
 
-def programme_energies(h: Hierarchy) -> int:
-    """``N + sum_f b_f (b_f - 1)``: the energies the dynamic programme evaluates per head."""
-    bf = h.branching[h.num_leaves :].astype(np.int64)
-    return int(h.num_leaves + (bf * (bf - 1)).sum())
-
-
 @dataclass(frozen=True)
 class Work:
     """Work counts of one attention call.
@@ -88,7 +81,7 @@ class Work:
 
 def programme_work(h: Hierarchy, *, d_k: int, d_v: int, heads: int) -> Work:
     """Work of the dynamic programme on ``h`` (SPEC section 5)."""
-    e = programme_energies(h)
+    e = h.num_energies
     units = e + h.num_leaves + h.num_families
     return Work(energies=e, flops=2 * heads * (d_k + d_v) * units)
 
@@ -99,7 +92,7 @@ def dense_work(n: int, *, d_k: int, d_v: int, heads: int) -> Work:
 
 
 def balanced_work(n: int, b: int) -> int:
-    """``programme_energies`` of ``Hierarchy.balanced(n, b)`` without building it.
+    """``Hierarchy.balanced(n, b).num_energies`` without building it.
 
     Mirrors :meth:`Hierarchy.balanced`: each level of ``m`` nodes becomes ``g = ceil(m / b)``
     families whose sizes differ by at most one.

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from hsa_ref import Hierarchy
 
-__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy"]
+__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy", "derived"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ class HSALayout:
     ``leaf_parent``: ``(N,)`` local parent of each leaf (``pad`` for a one-leaf tree);
     ``leaf_tree``: ``(N,)`` the tree of each leaf, numbered ``0 .. num_trees - 1``.
     ``num_energies`` is the number of energies the programme evaluates,
-    ``N + sum_f b_f (b_f - 1)`` (leaf self terms and sibling blocks, padding excluded), counted
-    from the buckets; ``num_padded_energies`` includes padded slots.
+    :attr:`Hierarchy.num_energies <hsa_ref.Hierarchy.num_energies>` (leaf self terms and sibling
+    blocks, padding excluded); ``num_padded_energies`` counts the buckets' slots, padding included.
     """
 
     num_leaves: int
@@ -80,6 +82,7 @@ class HSALayout:
     device: torch.device
     num_energies: int
     num_padded_energies: int
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def pad(self) -> int:
@@ -91,7 +94,7 @@ def _bucket_key(branching: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(np.maximum(branching, 1))).astype(np.int64)
 
 
-def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[FamilyBucket, int, int]:
+def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[FamilyBucket, int]:
     n, m = h.num_leaves, h.num_families
     offsets, order = h.children_csr
     b = h.branching[fam]
@@ -128,7 +131,7 @@ def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[Family
         has_leaves=bool(leaf_slots.size),
         has_families=bool(family_slots.size),
     )
-    return bucket, int((b * (b - 1)).sum()), len(fam) * width * (width - 1)
+    return bucket, len(fam) * width * (width - 1)
 
 
 def _build(h: Hierarchy, device: torch.device) -> HSALayout:
@@ -137,13 +140,12 @@ def _build(h: Hierarchy, device: torch.device) -> HSALayout:
     families = np.arange(n, total)
     height = h.height[families]
     key = _bucket_key(h.branching[families])
-    up, num_energies, num_padded = [], n, n
+    up, num_padded = [], n
     for level in np.unique(height):
         at_level = height == level
         for k in np.unique(key[at_level]):
-            bucket, energies, padded = _bucket(h, families[at_level & (key == k)], device)
+            bucket, padded = _bucket(h, families[at_level & (key == k)], device)
             up.append(bucket)
-            num_energies += energies
             num_padded += padded
     parent = h.parent_array
     down = []
@@ -167,7 +169,7 @@ def _build(h: Hierarchy, device: torch.device) -> HSALayout:
         leaf_tree=torch.as_tensor(leaf_tree.reshape(-1), dtype=torch.long, device=device),
         num_trees=len(roots),
         device=device,
-        num_energies=num_energies,
+        num_energies=h.num_energies,
         num_padded_energies=num_padded,
     )
 
@@ -176,6 +178,8 @@ _CACHE: weakref.WeakKeyDictionary[Hierarchy, dict[torch.device, HSALayout]] = (
     weakref.WeakKeyDictionary()
 )
 _LOCK = threading.Lock()
+_DERIVED_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") -> HSALayout:
@@ -195,3 +199,18 @@ def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") 
         if layout is None:
             layout = per_device[device] = _build(hierarchy, device)
     return layout
+
+
+def derived(layout: HSALayout, name: str, build: Callable[[HSALayout], T]) -> T:
+    """``build(layout)``, computed once per layout and kept on it under ``name``.
+
+    For a backend's own form of a layout (the Triton kernels' plan): it lives exactly as long
+    as the layout, which :func:`compile_hierarchy`'s cache keeps while the hierarchy lives.
+    """
+    value = layout._derived.get(name)
+    if value is None:
+        with _DERIVED_LOCK:
+            value = layout._derived.get(name)
+            if value is None:
+                value = layout._derived[name] = build(layout)
+    return value

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hsa_ref import Hierarchy, hsa_attention_matrix
+from hsa_ref.validation import ENERGIES
 
 from .api import hsa
 
@@ -95,8 +96,8 @@ class HierarchicalSelfAttention(nn.Module):
         vdim = _positive_int(vdim, "vdim", optional=True)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        if energy not in ("dot", "distance"):
-            raise ValueError(f"energy must be 'dot' or 'distance', got {energy!r}")
+        if energy not in ENERGIES:
+            raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
         factory = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
@@ -200,7 +201,7 @@ class HierarchicalSelfAttention(nn.Module):
             return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
-        kw = {"scale": self.head_dim**-0.5, "energy": self.energy}
+        kw = {"scale": None, "energy": self.energy}  # None: 1/sqrt(head_dim)
         if pads is None:
             y = hsa(q, k, v, hierarchy, positions=positions, **kw)
         else:  # one forest for the batch: element b on leaves b L .. b L + L - 1

@@ -25,21 +25,24 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from .layout import FamilyBucket, HSALayout
+from .layout import FamilyBucket, HSALayout, derived
 
 __all__ = [
     "BACKENDS",
+    "KernelLaunch",
+    "Launcher",
     "TritonPlan",
     "choose_backend",
     "hsa_triton",
+    "record_launches",
     "triton_interpreted",
     "triton_plan",
     "triton_unsupported",
@@ -153,32 +156,24 @@ def _plan_bucket(b: FamilyBucket, n: int, m: int) -> _Bucket:
     )
 
 
-_PLANS: dict[int, TritonPlan] = {}  # by id of a live layout
-_LOCK = threading.Lock()
-
-
 def triton_plan(layout: HSALayout) -> TritonPlan:
     """The :class:`TritonPlan` of ``layout``, built once per layout and kept while it lives."""
-    plan = _PLANS.get(id(layout))
-    if plan is not None:
-        return plan
-    with _LOCK:
-        plan = _PLANS.get(id(layout))
-        if plan is None:
-            n, m = layout.num_leaves, layout.num_families
-            plan = _PLANS[id(layout)] = TritonPlan(
-                num_leaves=n,
-                num_families=m,
-                buckets=tuple(_plan_bucket(b, n, m) for b in layout.up),
-                down=tuple(
-                    (fams.to(torch.int32), parents.to(torch.int32), int(fams.numel()))
-                    for fams, parents in layout.down
-                ),
-                leaf_parent=layout.leaf_parent.to(torch.int32),
-                root_leaves=torch.nonzero(layout.leaf_parent == m).flatten(),
-            )
-            weakref.finalize(layout, _PLANS.pop, id(layout), None)
-    return plan
+    return derived(layout, "triton_plan", _build_plan)
+
+
+def _build_plan(layout: HSALayout) -> TritonPlan:
+    n, m = layout.num_leaves, layout.num_families
+    return TritonPlan(
+        num_leaves=n,
+        num_families=m,
+        buckets=tuple(_plan_bucket(b, n, m) for b in layout.up),
+        down=tuple(
+            (fams.to(torch.int32), parents.to(torch.int32), int(fams.numel()))
+            for fams, parents in layout.down
+        ),
+        leaf_parent=layout.leaf_parent.to(torch.int32),
+        root_leaves=torch.nonzero(layout.leaf_parent == m).flatten(),
+    )
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -343,6 +338,55 @@ def _buffers(device: torch.device, zero: bool, *shapes: tuple[int, ...]) -> list
     return [part[: math.prod(shape)].view(shape) for part, shape in zip(parts, shapes, strict=True)]
 
 
+# ----------------------------------------------------------------------------- launches
+Launcher = Callable[..., None]
+"""``launch(kernel, grid, *args, **kwargs)``: runs ``kernel[grid](*args, **kwargs)`` or not."""
+
+
+def _launch(kernel: Any, grid: tuple[int, int], *args: Any, **kwargs: Any) -> None:
+    kernel[grid](*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One launch the programme would make: the Triton kernel, its grid and its arguments."""
+
+    kernel: Any
+    grid: tuple[int, int]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def record_launches(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: HSALayout,
+    *,
+    scale: float,
+    energy: str,
+    positions: torch.Tensor | None = None,
+) -> list[KernelLaunch]:
+    """Every kernel launch of a forward and a backward on ``q, k: (Z, N, d_k)``,
+    ``v: (Z, N, d_v)`` (contiguous, one dtype), in order, recorded instead of made.
+
+    Nothing is computed, so the tensors may live on any device: this is what compiling the
+    kernels ahead of time for a GPU needs on a machine without one. The buffers are allocated
+    as for a real run, the output gradient uninitialised.
+    """
+    calls: list[KernelLaunch] = []
+
+    def record(kernel: Any, grid: tuple[int, int], *args: Any, **kwargs: Any) -> None:
+        calls.append(KernelLaunch(kernel, grid, args, kwargs))
+
+    plan = triton_plan(layout)
+    pos = positions.to(torch.float32).contiguous() if positions is not None else None
+    distance = energy == "distance"
+    _, saved = _forward(q, k, v, pos, plan, scale, distance, keep=True, launch=record)
+    _backward(torch.empty_like(v), q, k, v, pos, plan, scale, distance, saved, launch=record)
+    return calls
+
+
 def _forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -352,11 +396,13 @@ def _forward(
     scale: float,
     distance: bool,
     keep: bool,
+    launch: Launcher = _launch,
 ) -> tuple[torch.Tensor, _Saved]:
     """HSA of contiguous ``q, k: (Z, N, d_k)``, ``v: (Z, N, d_v)``; ``pos`` float32 or None.
 
     Returns ``(Z, N, d_v)`` in the input dtype and the state for the backward; with ``keep``
-    false the leaf products ``R_i`` are written straight into the output.
+    false the leaf products ``R_i`` are written straight into the output. Each kernel runs
+    through ``launch(kernel, grid, *args, **kwargs)`` (:func:`record_launches`).
     """
     kern = _kernels()
     z, n, d_k = q.shape
@@ -373,16 +419,19 @@ def _forward(
     pos_arg = pos if pos is not None else ff
     for b in plan.buckets:
         programs, args = _bucket_args(b, q.dtype)
-        kern.hsa_up_kernel[(programs, z)](
+        launch(
+            kern.hsa_up_kernel, (programs, z),
             q, k, v, qf, kf, vf, ff, qsqf, ksqf, lse, sentf, rloc, pos_arg, **args, **sizes,
         )  # fmt: skip
     bdv = _block(d_v)
     rows = max(1, BLOCK_ELEMENTS // bdv)
     for fams, parents, count in plan.down:
-        kern.hsa_down_kernel[(-(-count // rows), z)](
+        launch(
+            kern.hsa_down_kernel, (-(-count // rows), z),
             fams, parents, count, ff, lse, logw, u, sentf, n, m1, d_v, BF=rows, BDV=bdv,
         )  # fmt: skip
-    kern.hsa_leaf_kernel[(-(-n // rows), z)](
+    launch(
+        kern.hsa_leaf_kernel, (-(-n // rows), z),
         rloc, v, out, plan.leaf_parent, logw, u, n, m1, d_v, BN=rows, BDV=bdv,
     )  # fmt: skip
     return out, _Saved(qf, kf, vf, ff, qsqf, ksqf, lse, sentf, rloc, logw)
@@ -398,6 +447,7 @@ def _backward(
     scale: float,
     distance: bool,
     st: _Saved,
+    launch: Launcher = _launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of ``sum(gy * y)`` in ``q, k, v`` (input dtype) and ``pos`` (float32)."""
     kern = _kernels()
@@ -411,7 +461,8 @@ def _backward(
     for b in plan.buckets:
         programs, args = _bucket_args(b, q.dtype)
         args = {name: x for name, x in args.items() if name not in ("HALF", "F32_DOT")}
-        kern.hsa_down_bwd_kernel[(programs, z)](
+        launch(
+            kern.hsa_down_bwd_kernel, (programs, z),
             gy, st.rloc, st.sentf, st.logw, guf, glogwf, dlt, **args, N=n, M1=m1, d_v=d_v, BDV=bdv,
         )  # fmt: skip
     # adjoint of the up pass, parents first; roots get no gradient from above
@@ -426,7 +477,8 @@ def _backward(
     pos_arg = pos if pos is not None else gff
     for b in reversed(plan.buckets):
         programs, args = _bucket_args(b, q.dtype)
-        kern.hsa_up_bwd_kernel[(programs, z)](
+        launch(
+            kern.hsa_up_bwd_kernel, (programs, z),
             q, k, v, st.qf, st.kf, st.vf, st.ff, st.qsqf, st.ksqf, pos_arg, st.lse, st.logw,
             gy, guf, glogwf, dlt, dq, dk, dv, gqf, gkf, gvf, gff, gqsqf, gksqf, gpos_r, gpos_c,
             **args, **sizes,

@@ -887,14 +887,6 @@ def _finite_at_huge_scores(target: Target, case: HSACase, data: st.DataObject) -
 
 
 # ---------------------------------------------------------------------------- the registry
-def _one_family(n: int) -> Hierarchy:
-    return (
-        Hierarchy.one_family(n)
-        if hasattr(Hierarchy, "one_family")
-        else Hierarchy.from_parents([n] * n + [-1], n)
-    )
-
-
 def _one_leaf_forest(chains: list[int]) -> Hierarchy:
     trees = []
     for depth in chains:
@@ -968,7 +960,7 @@ PROPERTIES: dict[str, Property] = {
             "one_family_is_softmax",
             "one family over all leaves is softmax attention, output and gradients",
             _cases(
-                hierarchy=lambda caps: st.integers(1, 24).map(_one_family),
+                hierarchy=lambda caps: st.integers(1, 24).map(Hierarchy.one_family),
                 score_magnitudes=_MAGNITUDES,
                 positions=False,
             ),

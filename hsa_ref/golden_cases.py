@@ -150,7 +150,7 @@ def _caterpillar(depth: int) -> Hierarchy:
 
 def case_specs() -> list[CaseSpec]:
     """The golden set: every shape and option that an implementation can get wrong."""
-    one_family = lambda n: Hierarchy.from_parents([n] * n + [-1], n)  # noqa: E731
+    one_family = Hierarchy.one_family
     unbalanced = Hierarchy.from_nested(
         [0, [1, 2, [3, 4, 5, [6]]], [[7, 8], 9], [[[10]]], [11, 12, 13, 14, 15, 16]]
     )

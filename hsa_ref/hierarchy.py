@@ -112,6 +112,15 @@ class Hierarchy:
         return cls(parent, num_leaves)
 
     @classmethod
+    def one_family(cls, num_leaves: int) -> Hierarchy:
+        """One family over all ``num_leaves`` leaves (node ``num_leaves`` is the root): HSA on
+        it is softmax attention (SPEC section 4). One leaf gives a family with a single child."""
+        num_leaves = _as_int(num_leaves, "num_leaves")
+        if num_leaves < 1:
+            raise ValueError(f"num_leaves must be at least 1, got {num_leaves}")
+        return cls([num_leaves] * num_leaves + [-1], num_leaves)
+
+    @classmethod
     def balanced(cls, num_leaves: int, branching: int) -> Hierarchy:
         """A balanced ``branching``-ary tree over ``num_leaves`` leaves.
 
@@ -406,6 +415,13 @@ class Hierarchy:
         """Number of children of every node (0 for leaves), shape ``(N+M,)``."""
         offsets, _ = self.children_csr
         return np.diff(offsets)
+
+    @cached_property
+    def num_energies(self) -> int:
+        """``N + sum_f b_f (b_f - 1)``: the energies HSA evaluates (SPEC section 5), one per leaf
+        and one per ordered pair of siblings. Dense attention evaluates ``N ** 2``."""
+        b = self.branching.astype(np.int64)
+        return self.num_leaves + int((b * (b - 1)).sum())
 
     @property
     def max_branching(self) -> int:

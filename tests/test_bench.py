@@ -14,7 +14,7 @@ import pytest
 from bench import plots
 from bench.cases import PROFILES, cases
 from bench.fit import fit_power_law, t_cdf, t_quantile
-from bench.shapes import balanced_work, build, dense_work, programme_energies, programme_work
+from bench.shapes import balanced_work, build, dense_work, programme_work
 from hsa_ref import Hierarchy
 
 # ----------------------------------------------------------------------------------- fitting
@@ -98,8 +98,8 @@ def test_balanced_work_mirrors_the_hierarchy(b: int) -> None:
     for n in (1, 2, 5, 16, 17, 100, 255, 256, 1000, 4096):
         h = Hierarchy.balanced(n, b)
         bf = h.branching[n:]
-        assert programme_energies(h) == n + int((bf * (bf - 1)).sum())
-        assert balanced_work(n, b) == programme_energies(h)
+        assert h.num_energies == n + int((bf * (bf - 1)).sum())
+        assert balanced_work(n, b) == h.num_energies
 
 
 @pytest.mark.parametrize(("n", "b", "trees"), [(64, 4, 1), (64, 4, 4), (4096, 16, 16), (300, 3, 7)])
@@ -109,7 +109,7 @@ def test_packed_shape(n: int, b: int, trees: int) -> None:
     assert h.num_families == trees * (b + 1)
     assert h.num_trees == trees + n - trees * b * b
     assert set(h.branching[n:].tolist()) == {b}
-    assert programme_energies(h) == n + h.num_families * b * (b - 1)
+    assert h.num_energies == n + h.num_families * b * (b - 1)
     w = programme_work(h, d_k=8, d_v=4, heads=2)
     assert w.flops == 2 * 2 * 12 * (w.energies + n + h.num_families)
 
@@ -120,9 +120,16 @@ def test_packed_shape_rejects_too_many_trees() -> None:
 
 
 def test_programme_work_matches_hsa_fast_layout() -> None:
+    """The energies counted for the sweeps are the real slots of the programme's buckets."""
+    import torch
+
     hsa_fast = pytest.importorskip("hsa_fast")
     for h in (build("balanced", 1000, 16), build("packed", 600, 4, 20), build("balanced", 77, 3)):
-        assert hsa_fast.compile_hierarchy(h).num_energies == programme_energies(h)
+        slots = h.num_leaves
+        for bucket in hsa_fast.compile_hierarchy(h).up:
+            real = torch.isfinite(bucket.log_size).sum(1)
+            slots += int((real * (real - 1)).sum())
+        assert programme_work(h, d_k=4, d_v=4, heads=1).energies == slots
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -142,7 +149,7 @@ def test_work_grows_linearly_in_m_at_fixed_n_and_b() -> None:
     for t in (1, 2, 4, 8, 16):
         h = build("packed", n, b, t)
         ms.append(h.num_families)
-        es.append(programme_energies(h) - n)
+        es.append(h.num_energies - n)
     assert fit_power_law(ms, es).exponent == pytest.approx(1.0, abs=1e-12)
 
 
@@ -249,3 +256,29 @@ def test_memory_baseline_is_the_programme_of_that_revision(tmp_path):
     )
     result = memory.child({"n": 64, "b": 8, "d": 4, "backward": True})
     assert isinstance(result["extra_bytes"], int)
+
+
+# ----------------------------------------------------------------------------------- summary
+def test_summary_fails_a_planted_programme(monkeypatch):
+    """``python -m bench.summary``: the real programme passes its comparisons with the
+    reference; one that returns zeros fails them, and the exit status says so."""
+    import io
+
+    import torch
+
+    from bench import summary
+
+    fast = [c for c in summary.CHECKS if c.name.startswith("hsa_fast vs reference, float64")]
+    assert len(fast) == 1
+    assert all(r.passed for r in summary.run_checks(tuple(fast), stream=io.StringIO()))
+
+    def zeros(q, k, v, h, **kwargs):
+        return torch.zeros_like(v)
+
+    monkeypatch.setattr(summary, "hsa", zeros)
+    out = io.StringIO()
+    (result,) = summary.run_checks(tuple(fast), stream=out)
+    assert not result.passed
+    assert "FAIL" in out.getvalue()
+    monkeypatch.setattr(summary, "run_checks", lambda: [result])
+    assert summary.main([]) == 1

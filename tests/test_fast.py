@@ -45,7 +45,7 @@ def test_large_branching(h):
 
 def test_very_large_family():
     n = 2000
-    h = Hierarchy.from_parents([n] * n + [-1], n)
+    h = Hierarchy.one_family(n)
     q, k, v = _qkv(2, n, d_k=8, dtype=torch.float32)
     expected = F.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(hsa(q, k, v, h), expected, rtol=1e-4, atol=1e-5)
@@ -54,7 +54,7 @@ def test_very_large_family():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_one_family_is_sdpa_and_one_leaf_is_v(dtype):
     q, k, v = _qkv(3, 9, batch=(2, 3), dtype=dtype)
-    h = Hierarchy.from_parents([9] * 9 + [-1], 9)
+    h = Hierarchy.one_family(9)
     tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}[
         dtype
     ]
@@ -203,7 +203,7 @@ class _Probe:
 
 
 WIDE = {
-    "flat-2000": Hierarchy.from_parents([2000] * 2000 + [-1], 2000),
+    "flat-2000": Hierarchy.one_family(2000),
     "balanced-64": Hierarchy.balanced(4096, 64),
     "mixed-wide": Hierarchy.from_segments([[700, 5, 300, 1, 40] * 2, [3, 7]], root=True),
 }
@@ -234,7 +234,7 @@ def test_memory_is_bounded_whatever_the_branching(name, energy):
 def test_gradcheck_through_recomputed_row_blocks(energy, monkeypatch):
     monkeypatch.setattr(hsa_fast.programme, "RECOMPUTE_WIDTH", 4)
     n = 8  # one family of 8 leaves, recomputed in blocks of 4 rows
-    h = Hierarchy.from_parents([n] * n + [-1], n)
+    h = Hierarchy.one_family(n)
     q, k, v = (x.requires_grad_() for x in _qkv(4, n, d_k=2, d_v=2))
     pos = torch.randn(h.num_nodes, 2, dtype=torch.float64, requires_grad=True)
     layout = compile_hierarchy(h)

@@ -80,6 +80,16 @@ def test_one_leaf_trees():
     assert Hierarchy.from_nested(0) == h
 
 
+def test_one_family():
+    assert Hierarchy.one_family(4) == Hierarchy.from_parents([4, 4, 4, 4, -1], 4)
+    assert Hierarchy.one_family(1).parent == [1, -1]  # a family with a single child
+    assert Hierarchy.one_family(9).num_energies == 81  # softmax's N^2
+    with pytest.raises(ValueError, match="num_leaves"):
+        Hierarchy.one_family(0)
+    with pytest.raises(TypeError, match="num_leaves"):
+        Hierarchy.one_family(2.0)
+
+
 def test_json_round_trip_and_format():
     h = Hierarchy.from_segments([[2, 1, 3], [2, 1]])
     obj = json.loads(h.to_json())
@@ -100,6 +110,14 @@ def test_strategy_hierarchies_are_consistent(h):
         assert all(h.depth[c] == h.depth[a] + 1 for c in kids)
     assert sum(counts[r] for r in h.roots) == h.num_leaves
     assert h.max_branching == max((len(h.children(a)) for a in h.families), default=0)
+
+
+@given(hierarchies(max_leaves=12))
+def test_num_energies_counts_the_distinct_sibling_blocks(h):
+    """One energy per leaf (its block with itself) and per ordered pair of distinct siblings."""
+    n = h.num_leaves
+    blocks = {h.sibling_block(i, j) for i in range(n) for j in range(n)} - {None}
+    assert h.num_energies == len(blocks)
 
 
 @given(hierarchies(max_leaves=12), st.data())

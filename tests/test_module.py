@@ -53,7 +53,7 @@ def _twins(seed: int = 1):
 def test_one_family_matches_multihead_attention():
     mha, layer = _twins()
     x = torch.randn(2, 7, 8, dtype=torch.float64)
-    flat = Hierarchy.from_parents([7] * 7 + [-1], 7)
+    flat = Hierarchy.one_family(7)
     expected, _ = mha(x, x, x, need_weights=False)
     torch.testing.assert_close(layer(x, hierarchy=flat)[0], expected)
 
@@ -68,7 +68,7 @@ def test_gradients_reach_every_parameter():
 def test_need_weights_match_multihead_attention_on_one_family(average):
     mha, layer = _twins(3)
     x = torch.randn(2, 7, 8, dtype=torch.float64)
-    flat = Hierarchy.from_parents([7] * 7 + [-1], 7)
+    flat = Hierarchy.one_family(7)
     expected = mha(x, x, x, need_weights=True, average_attn_weights=average)[1]
     _, weights = layer(x, hierarchy=flat, need_weights=True, average_attn_weights=average)
     assert weights.shape == expected.shape

@@ -32,10 +32,6 @@ def _qkv(seed: int, n: int, d_k: int = 4, d_v: int = 3, batch: tuple[int, ...] =
     )
 
 
-def _one_family(n: int) -> Hierarchy:
-    return Hierarchy.from_parents([n] * n + [-1], n)
-
-
 @given(
     n=st.integers(1, 20),
     d_k=st.integers(1, 6),
@@ -46,7 +42,7 @@ def _one_family(n: int) -> Hierarchy:
 )
 def test_one_family_is_softmax_attention(n, d_k, d_v, batch, scale, seed):
     q, k, v = _qkv(seed, n, d_k, d_v, tuple(batch))
-    h = _one_family(n) if n > 1 else Hierarchy.from_parents([1, -1], 1)
+    h = Hierarchy.one_family(n)
     expected = F.scaled_dot_product_attention(q, k, v, scale=scale)
     torch.testing.assert_close(hsa_reference(q, k, v, h, scale=scale), expected, rtol=0, atol=1e-12)
 
@@ -116,16 +112,14 @@ def test_distance_energy_equals_dot_for_unit_vectors(case):
 
 def test_positions_on_one_family_add_to_scores():
     n = 6
+    h = Hierarchy.one_family(n)
     q, k, v = _qkv(7, n)
     pos = _randn(9, n + 1, 2)
     bias = pos[:n] @ pos[:n].T
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    torch.testing.assert_close(hsa_reference(q, k, v, _one_family(n), positions=pos), expected)
+    torch.testing.assert_close(hsa_reference(q, k, v, h, positions=pos), expected)
     zero = torch.zeros(n + 1, 2, dtype=torch.float64)
-    torch.testing.assert_close(
-        hsa_reference(q, k, v, _one_family(n), positions=zero),
-        hsa_reference(q, k, v, _one_family(n)),
-    )
+    torch.testing.assert_close(hsa_reference(q, k, v, h, positions=zero), hsa_reference(q, k, v, h))
 
 
 def test_positions_enter_block_energies():

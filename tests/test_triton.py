@@ -7,11 +7,14 @@ interpreter runs each program in Python. With CUDA they run compiled, on the GPU
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,7 @@ from hsa_fast import compile_hierarchy, hsa
 from hsa_fast.triton_programme import (
     _bucket_args,
     choose_backend,
+    record_launches,
     triton_interpreted,
     triton_plan,
 )
@@ -31,6 +35,7 @@ from hsa_ref import Hierarchy
 from hsa_ref.strategies import hierarchies, hsa_cases
 from hsa_ref.tolerance import compare_to_reference
 
+ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="Triton is not installed"
@@ -122,7 +127,7 @@ def test_structures(name, energy):
 
 def test_one_wide_family_is_softmax_attention():
     n = 150  # three tiles of 64 children per row, swept with an online log-sum-exp
-    h = Hierarchy.from_parents([n] * n + [-1], n)
+    h = Hierarchy.one_family(n)
     q, k, v = _qkv(2, n, d_k=8, d_v=5, batch=(1,))
     torch.testing.assert_close(
         _triton(q, k, v, h), F.scaled_dot_product_attention(q, k, v), rtol=1e-4, atol=1e-5
@@ -240,6 +245,18 @@ def test_backend_choice(monkeypatch):
         hsa(q, k, v, h)
 
 
+def test_plan_is_built_once_per_layout_and_freed_with_it():
+    h = Hierarchy.balanced(30, 4)
+    layout = compile_hierarchy(h, DEVICE)
+    plan = triton_plan(layout)
+    assert triton_plan(compile_hierarchy(Hierarchy.balanced(30, 4), DEVICE)) is plan
+    assert triton_plan(compile_hierarchy(Hierarchy.balanced(30, 3), DEVICE)) is not plan
+    gone = weakref.ref(plan)
+    del h, layout, plan
+    gc.collect()
+    assert gone() is None
+
+
 def test_plan_covers_every_family_once():
     for h in STRUCTURES.values():
         plan = triton_plan(compile_hierarchy(h, DEVICE))
@@ -265,16 +282,45 @@ def test_no_grad_forward_equals_grad_forward():
 
 
 # ---------------------------------------------------------------- the GPU compiler, without a GPU
+def test_record_launches_lists_the_schedule_and_replays_to_hsa():
+    """The launches of a forward and backward, in the order of SPEC section 5: up by bucket,
+    down by depth, the leaves; the down adjoint by bucket, the up adjoint by bucket in reverse.
+    Made afterwards, the forward's launches fill the output with what ``hsa`` returns."""
+    h = Hierarchy.from_segments([[3, 1, 4, 2], [2, 2]])
+    layout = compile_hierarchy(h)
+    plan = triton_plan(layout)
+    q, k, v = (torch.randn(2, h.num_leaves, 8, device=DEVICE) for _ in range(3))
+    launches = record_launches(q, k, v, layout, scale=0.5, energy="dot")
+    names = [launch.kernel.__name__ for launch in launches]
+    ups, downs = len(plan.buckets), len(plan.down)
+    assert names == (
+        ["hsa_up_kernel"] * ups
+        + ["hsa_down_kernel"] * downs
+        + ["hsa_leaf_kernel"]
+        + ["hsa_down_bwd_kernel"] * ups
+        + ["hsa_up_bwd_kernel"] * ups
+    )
+    assert all(launch.grid[1] == 2 for launch in launches)  # the batch is the second dimension
+    out = launches[ups + downs].args[2]
+    out.fill_(float("nan"))
+    for launch in launches[: ups + downs + 1]:
+        launch.kernel[launch.grid](*launch.args, **launch.kwargs)
+    expected = hsa(q, k, v, h, scale=0.5, backend="triton")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_benchmark_kernels_compile_for_hopper():
     """The kernels of the benchmark's shapes compile for sm_90 with the ptxas Triton ships: the
     interpreter accepts code the GPU compiler may not. The leaf kernels must use the tensor
     cores and keep everything in registers."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, "-m", "hsa_fast.triton_compile", "b64", "b16", "--json"],
+        [sys.executable, "-m", "bench.triton_compile", "b64", "b16", "--json"],
         capture_output=True,
         text=True,
         env=env,
+        cwd=ROOT,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -32,7 +32,7 @@ from hsa_fast.token_trees import HIERARCHIES
 from .cli import DEFAULT_PAIRS, RESULTS_DIR, main
 from .corpus import load_corpus
 from .experiment import BACKEND, alternating_layers, label, run_experiment
-from .flops import attention_flops, num_energies
+from .flops import attention_flops
 from .metrics import pair_similarities, retrieval_mrr, retrieval_top1, spearman
 from .model import (
     MODEL_NAME,
@@ -65,7 +65,6 @@ __all__ = [
     "load_corpus",
     "load_encoder",
     "main",
-    "num_energies",
     "pair_similarities",
     "plot",
     "prepare",

@@ -1,8 +1,9 @@
-"""Verification summary: ``python -m hsa_ref.summary`` checks HSA's defining properties.
+"""Verification summary: ``python -m bench.summary`` checks HSA's defining properties.
 
-Each check runs the float64 reference on a fixed set of named hierarchies and prints its worst
-error against its limit; the exit status is 1 if any check fails. Other packages add checks with
-:func:`register` (``hsa_fast`` adds the comparison of the dynamic programme with the reference).
+Each check runs a fixed set of named hierarchies and prints its worst error against its limit:
+first the float64 reference against the maths (softmax, row sums, the optimal KL value, forests,
+the distance energy), then ``hsa_fast.hsa`` against the reference under SPEC section 6's rule
+in every dtype and its work count. The exit status is 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .hierarchy import Hierarchy
-from .reference import (
+from hsa_fast import compile_hierarchy, hsa
+from hsa_ref import Hierarchy
+from hsa_ref.reference import (
     hsa_attention_matrix,
     hsa_reference,
     kl_to_softmax,
     softmax_kl_lower_bound,
 )
+from hsa_ref.tolerance import compare_to_reference
+from hsa_ref.validation import ENERGIES
 
-__all__ = ["CheckResult", "named_hierarchies", "register", "run_checks"]
+__all__ = ["CHECKS", "Check", "CheckResult", "named_hierarchies", "run_checks"]
 
 
 @dataclass(frozen=True)
@@ -40,25 +44,20 @@ class CheckResult:
         return self.worst <= self.limit
 
 
-Check = Callable[[], Iterator[float]]
-_CHECKS: list[tuple[str, float, Check]] = []
+@dataclass(frozen=True)
+class Check:
+    """A named generator of errors whose maximum must not exceed ``limit``."""
 
-
-def register(name: str, limit: float) -> Callable[[Check], Check]:
-    """Add a check: a generator of errors whose maximum must not exceed ``limit``."""
-
-    def wrap(fn: Check) -> Check:
-        _CHECKS.append((name, limit, fn))
-        return fn
-
-    return wrap
+    name: str
+    limit: float
+    errors: Callable[[], Iterator[float]]
 
 
 def named_hierarchies() -> dict[str, Hierarchy]:
     """Small hierarchies covering the shapes that matter (all within reference reach)."""
     chain = Hierarchy.from_nested([[[[0, 1]], 2], 3])
     return {
-        "one family (b=12)": Hierarchy.from_parents([12] * 12 + [-1], 12),
+        "one family (b=12)": Hierarchy.one_family(12),
         "balanced b=3, N=27": Hierarchy.balanced(27, 3),
         "balanced b=4, N=22": Hierarchy.balanced(22, 4),
         "tokens/sentences/paragraphs": Hierarchy.from_segments([[3, 5, 2, 4, 1, 3], [2, 3, 1]]),
@@ -79,22 +78,19 @@ def _inputs(h: Hierarchy, seed: int, d_k: int = 8, d_v: int = 5, batch: tuple[in
     )
 
 
-@register("one family = softmax attention (max |diff|)", 1e-12)
 def _softmax_limit() -> Iterator[float]:
     for n in (1, 2, 7, 31):
-        h = Hierarchy.from_parents([n] * n + [-1], n)
+        h = Hierarchy.one_family(n)
         q, k, v = _inputs(h, n)
         yield (hsa_reference(q, k, v, h) - F.scaled_dot_product_attention(q, k, v)).abs().max()
 
 
-@register("rows of theta sum to 1 (max |sum - 1|)", 1e-12)
 def _row_sums() -> Iterator[float]:
     for seed, h in enumerate(named_hierarchies().values()):
         q, k, _ = _inputs(h, seed)
         yield (hsa_attention_matrix(q, k, h).sum(-1) - 1).abs().max()
 
 
-@register("KL(theta || softmax) = sum lse - sum |tree| F(root)", 1e-10)
 def _optimal_value() -> Iterator[float]:
     for seed, h in enumerate(named_hierarchies().values()):
         q, k, _ = _inputs(h, seed)
@@ -102,7 +98,6 @@ def _optimal_value() -> Iterator[float]:
         yield (kl_to_softmax(theta, q, k, h) - softmax_kl_lower_bound(q, k, h)).abs().max()
 
 
-@register("forest = each tree alone (max |diff|)", 1e-12)
 def _forest() -> Iterator[float]:
     trees = [Hierarchy.balanced(5, 2), Hierarchy.from_nested([0, [1, 2]]), Hierarchy.balanced(4, 4)]
     forest = Hierarchy.forest(trees)
@@ -115,7 +110,6 @@ def _forest() -> Iterator[float]:
         start += t.num_leaves
 
 
-@register("distance = dot energy for unit q, k (max |diff|)", 1e-11)
 def _distance() -> Iterator[float]:
     for seed, h in enumerate(named_hierarchies().values()):
         q, k, v = _inputs(h, seed)
@@ -124,19 +118,69 @@ def _distance() -> Iterator[float]:
         yield (a - hsa_reference(q, k, v, h)).abs().max()
 
 
-def run_checks(stream=sys.stdout) -> list[CheckResult]:
-    """Run every registered check, print a table to ``stream`` and return the results."""
+def _fast_inputs(n: int, seed: int, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(
+        torch.randn(2, n, d, generator=g, dtype=torch.float64).to(dtype) for d in (8, 8, 5)
+    )
+
+
+def _fast_vs_reference(dtype: torch.dtype, scale: float | None = None) -> Iterator[float]:
+    for seed, h in enumerate(named_hierarchies().values()):
+        q, k, v = _fast_inputs(h.num_leaves, seed, dtype)
+        for energy in ENERGIES:
+            out = hsa(q, k, v, h, scale=scale, energy=energy)
+            verdict = compare_to_reference(out, q, k, v, h, scale=scale, energy=energy)
+            # error / tolerance: <= 1 passes; a NaN output counts as a failure
+            yield verdict.max_error / verdict.tolerance if verdict.passed else float("inf")
+
+
+def _huge() -> Iterator[float]:
+    yield from _fast_vs_reference(torch.float32, scale=1e4 / 8)
+
+
+def _work() -> Iterator[float]:
+    for h in named_hierarchies().values():
+        slots = h.num_leaves  # the self terms, then each bucket's real (unpadded) slots
+        for bucket in compile_hierarchy(h).up:
+            real = torch.isfinite(bucket.log_size).sum(1)
+            slots += int((real * (real - 1)).sum())
+        yield abs(slots - h.num_energies)
+
+
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+CHECKS: tuple[Check, ...] = (
+    Check("one family = softmax attention (max |diff|)", 1e-12, _softmax_limit),
+    Check("rows of theta sum to 1 (max |sum - 1|)", 1e-12, _row_sums),
+    Check("KL(theta || softmax) = sum lse - sum |tree| F(root)", 1e-10, _optimal_value),
+    Check("forest = each tree alone (max |diff|)", 1e-12, _forest),
+    Check("distance = dot energy for unit q, k (max |diff|)", 1e-11, _distance),
+    *(
+        Check(
+            f"hsa_fast vs reference, {str(dtype)[6:]} (error / tolerance)",
+            1.0,
+            lambda dtype=dtype: _fast_vs_reference(dtype),
+        )
+        for dtype in _DTYPES
+    ),
+    Check("hsa_fast vs reference, |s| ~ 1e4, float32 (error / tolerance)", 1.0, _huge),
+    Check("energies in the layout - (N + sum_f b_f (b_f - 1))", 0.0, _work),
+)
+
+
+def run_checks(checks: tuple[Check, ...] = CHECKS, stream=sys.stdout) -> list[CheckResult]:
+    """Run ``checks``, print a table to ``stream`` and return the results."""
     results = []
-    width = max(len(name) for name, _, _ in _CHECKS)
+    width = max(len(c.name) for c in checks)
     print(f"{'check':<{width}}  {'worst':>10}  {'limit':>8}  cases  verdict", file=stream)
     print("-" * (width + 37), file=stream)
-    for name, limit, fn in _CHECKS:
-        errors = [float(e) for e in fn()]
-        res = CheckResult(name, max(errors, default=0.0), limit, len(errors))
+    for c in checks:
+        errors = [float(e) for e in c.errors()]
+        res = CheckResult(c.name, max(errors, default=0.0), c.limit, len(errors))
         results.append(res)
         verdict = "ok" if res.passed else "FAIL"
         print(
-            f"{name:<{width}}  {res.worst:>10.2e}  {limit:>8.0e}  {res.cases:>5}  {verdict}",
+            f"{c.name:<{width}}  {res.worst:>10.2e}  {c.limit:>8.0e}  {res.cases:>5}  {verdict}",
             file=stream,
             flush=True,
         )
@@ -144,9 +188,8 @@ def run_checks(stream=sys.stdout) -> list[CheckResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hsa_ref.summary", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.summary", description=__doc__)
     parser.parse_args(argv)
-    _load_plugins()
     print(
         f"HSA verification summary - torch {torch.__version__}, Python "
         f"{platform.python_version()}, {platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
@@ -157,18 +200,5 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _load_plugins() -> None:
-    """Import packages that register their own checks, when they are installed."""
-    for module in ("hsa_fast.checks",):
-        try:
-            __import__(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-
-
 if __name__ == "__main__":
-    # Run the importable copy of this module, whose registry plugins extend.
-    from hsa_ref.summary import main as _main
-
-    raise SystemExit(_main())
+    raise SystemExit(main())

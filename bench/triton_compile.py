@@ -1,6 +1,6 @@
 """Compile the Triton kernels for a GPU without one: Triton ships ``ptxas``.
 
-``python -m hsa_fast.triton_compile`` runs a forward and a backward with every kernel launch
+``python -m bench.triton_compile`` runs a forward and a backward with every kernel launch
 recorded instead of made, compiles each distinct launch for ``sm_90`` (H100, H200), as Triton's
 JIT would specialise it, and prints what the compiler reports: registers per thread, bytes
 spilled to local memory, shared memory, and whether the products use the tensor cores
@@ -13,23 +13,19 @@ It needs the compiled kernels, so ``TRITON_INTERPRET`` must be unset when it sta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from hsa_fast import compile_hierarchy, triton_programme
 from hsa_ref import Hierarchy
-
-from . import triton_programme
-from .layout import compile_hierarchy
 
 __all__ = ["CASES", "CompiledKernel", "compile_case"]
 
@@ -74,31 +70,6 @@ class CompiledKernel:
     spill_bytes: int
     shared_bytes: int
     tensor_cores: str
-
-
-class _Recorder:
-    def __init__(self, fn: Any, calls: list) -> None:
-        self.fn, self.calls = fn, calls
-
-    def __getitem__(self, grid: tuple) -> Any:
-        return lambda *args, **kwargs: self.calls.append((self.fn, args, kwargs))
-
-
-@contextlib.contextmanager
-def _recording(calls: list) -> Iterator[None]:
-    kernels = triton_programme._kernels()
-    names = ("_kernels", "triton_interpreted")
-    saved = {name: getattr(triton_programme, name) for name in names}
-    recorders = type("Recorders", (), {})()
-    for name in kernels.__all__:
-        setattr(recorders, name, _Recorder(getattr(kernels, name), calls))
-    triton_programme._kernels = lambda: recorders
-    triton_programme.triton_interpreted = lambda: False
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(triton_programme, name, value)
 
 
 def _signature(fn: Any, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
@@ -156,16 +127,14 @@ def compile_case(name: str, arch: int = 90) -> list[CompiledKernel]:
     if triton_programme.triton_interpreted():
         raise RuntimeError("the kernels are interpreted: unset TRITON_INTERPRET and start again")
     h, dtype, d, energy, with_pos = CASES[name]
-    plan = triton_programme.triton_plan(compile_hierarchy(h))
     q, k, v = (torch.randn(2, h.num_leaves, d).to(dtype) for _ in range(3))
     pos = torch.randn(h.num_nodes, 4) if with_pos else None
-    distance = energy == "distance"
-    calls: list = []
-    with _recording(calls):
-        _, saved = triton_programme._forward(q, k, v, pos, plan, 0.125, distance, keep=True)
-        triton_programme._backward(q, q, k, v, pos, plan, 0.125, distance, saved)
+    launches = triton_programme.record_launches(
+        q, k, v, compile_hierarchy(h), scale=0.125, energy=energy, positions=pos
+    )
     results, seen = [], set()
-    for fn, args, kwargs in calls:
+    for launch in launches:
+        fn, args, kwargs = launch.kernel, launch.args, launch.kwargs
         signature, constexprs, attrs, options = _signature(fn, args, kwargs)
         key = (fn.__name__, repr(sorted(signature.items())), repr(sorted(constexprs.items())))
         if key in seen:
@@ -191,7 +160,7 @@ def compile_case(name: str, arch: int = 90) -> list[CompiledKernel]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hsa_fast.triton_compile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.triton_compile", description=__doc__)
     parser.add_argument("cases", nargs="*", default=list(CASES), help=f"of {list(CASES)}")
     parser.add_argument("--arch", type=int, default=90, help="compute capability (default 90)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
