@@ -50,6 +50,7 @@ from .tolerance import (
     perturbation_errors,
     score_magnitude,
 )
+from .validation import check_scale
 
 __all__ = [
     "CASE_FORMAT",
@@ -776,7 +777,7 @@ def make_case(
     h = hierarchy
     q, k, v, grad_out = (x.detach().double().cpu() for x in (q, k, v, grad_out))
     pos = positions.detach().double().cpu() if positions is not None else None
-    scale_value = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale_value = check_scale(scale, q.shape[-1])
     kw = {"scale": scale_value, "energy": energy, "positions": pos, "grad_out": grad_out}
 
     def evaluated(dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from .hierarchy import Hierarchy
+from .validation import ENERGIES
 
 __all__ = ["HSACase", "hierarchies", "hsa_cases"]
 
@@ -160,7 +161,7 @@ def hsa_cases(
     *,
     hierarchy: st.SearchStrategy[Hierarchy] | None = None,
     dtype: torch.dtype = torch.float64,
-    energies: tuple[str, ...] = ("dot", "distance"),
+    energies: tuple[str, ...] = ENERGIES,
     max_batch_dims: int = 2,
     min_dim: int = 1,
     max_dim: int = 8,

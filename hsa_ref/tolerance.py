@@ -42,6 +42,7 @@ import torch
 
 from .hierarchy import Hierarchy
 from .reference import hsa_reference, score_matrix, tree_mask
+from .validation import DTYPES as SUPPORTED_DTYPES
 from .validation import check_attention_inputs
 
 __all__ = [
@@ -66,12 +67,8 @@ __all__ = [
     "score_magnitude",
 ]
 
-DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES: dict[str, torch.dtype] = {str(t).removeprefix("torch."): t for t in SUPPORTED_DTYPES}
+"""The dtypes the rule is defined for, by name (``hsa_ref.validation.DTYPES``)."""
 ATOL_FACTOR = 8.0
 REFERENCE_FACTOR = {"output": 2.0, "gradient": 3.0}
 FLOAT32_RELATIVE = 1e-5

@@ -13,7 +13,7 @@ from .hierarchy import Hierarchy
 __all__ = ["DTYPES", "ENERGIES", "AttentionInputs", "check_attention_inputs", "check_dtype"]
 
 ENERGIES = ("dot", "distance")
-DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 """The dtypes HSA is evaluated in (float8 and complex dtypes are refused)."""
 
 
