@@ -15,9 +15,10 @@ backward pass; narrower ones keep their intermediates, O(N RECOMPUTE_WIDTH) in a
 
 Distance energy: every node keeps the means ``qbar, kbar`` and the variances
 ``Vq(A) = mean over i in A of |q_i - qbar_A|^2`` (and ``Vk``), and the block energy is
-``e_BC = -scale/2 (|qbar_B - kbar_C|^2 + Vq(B) + Vk(C))``, with ``|qbar_B - kbar_C|^2``
-expanded around the family's centre ``(qbar_A + kbar_A) / 2``: every term measures a deviation
-within the family, so no cancellation grows with the family's distance from the origin.
+``e_BC = -scale/2 (|qbar_B - kbar_C|^2 + Vq(B) + Vk(C))``, with ``|qbar_B - kbar_C|^2`` summed
+from the differences themselves (a block forms ``rows x w x d_k`` of them, within the budget):
+every term is a sum of non-negative parts, so nothing cancels, however far from the origin or
+however close two keys are.
 """
 
 from __future__ import annotations
@@ -107,22 +108,24 @@ def _block(
 
     ``q_rows (Z, f, r, d_k)``, ``f_rows (Z, f, r)``: the rows' children; ``k_cols (Z, f, w,
     d_k)``, ``v_cols (Z, f, w, d_v)``, ``log_size (f, w)``: all children. For the distance
-    energy ``q_rows, k_cols`` are deviations from the family centre and ``var_rows (Z, f, r)``,
-    ``var_cols (Z, f, w)`` hold ``Vq + |q - centre|^2`` and ``Vk + |k - centre|^2``.
+    energy ``var_rows (Z, f, r)`` and ``var_cols (Z, f, w)`` hold the children's variances
+    ``Vq(B)`` and ``Vk(C)``.
     Positions add ``p_rows (f, r, d_p) @ p_cols (f, w, d_p)^T``. Returns ``(Z, f, r)`` and
     ``(Z, f, r, d_v)``.
     """
     w = k_cols.shape[-2]
-    # e_BC: (Z, f, r, w), one tensor updated in place (no op here saves what it overwrites);
-    # for w <= 2 a broadcast product beats bmm on tiny matrices
-    if w <= 2:
-        logits = (q_rows.unsqueeze(-2) * k_cols.unsqueeze(-3)).sum(-1)
-    else:
-        logits = q_rows @ k_cols.transpose(-1, -2)
-    logits.mul_(scale)
+    # e_BC: (Z, f, r, w), one tensor updated in place (no op here saves what it overwrites)
     if var_rows is not None:
-        logits.add_(var_rows.unsqueeze(-1), alpha=-0.5 * scale)
-        logits.add_(var_cols.unsqueeze(-2), alpha=-0.5 * scale)
+        # distance: |qbar_B - kbar_C|^2 from the differences themselves (no cancellation)
+        logits = (q_rows.unsqueeze(-2) - k_cols.unsqueeze(-3)).square().sum(-1)
+        logits.add_(var_rows.unsqueeze(-1)).add_(var_cols.unsqueeze(-2)).mul_(-0.5 * scale)
+    else:
+        # for w <= 2 a broadcast product beats bmm on tiny matrices
+        if w <= 2:
+            logits = (q_rows.unsqueeze(-2) * k_cols.unsqueeze(-3)).sum(-1)
+        else:
+            logits = q_rows @ k_cols.transpose(-1, -2)
+        logits.mul_(scale)
     if p_rows is not None:
         logits.add_(p_rows @ p_cols.transpose(-1, -2))
     # Row B: F(B) on the diagonal, log|C| + e_BC off it (-inf in padded columns).
@@ -249,16 +252,15 @@ def hsa_programme(
             vq_fam.index_copy_(1, fam, ((vq_c + spread_q) * weight).sum(-1))
             spread_k = (k_c - k_a.unsqueeze(-2)).square().sum(-1)
             vk_fam.index_copy_(1, fam, ((vk_c + spread_k) * weight).sum(-1))
-            centre = (0.5 * (q_a + k_a)).unsqueeze(-2)
-            q_c, k_c = q_c - centre, k_c - centre
-            var_q, var_k = vq_c + q_c.square().sum(-1), vk_c + k_c.square().sum(-1)
+            var_q, var_k = vq_c, vk_c
         log_z = q.new_empty(z, f, w)
         if bucket.leaf_start is not None:  # sent values go straight to their leaves' rows
             sent = sent_leaf.narrow(1, bucket.leaf_start, f * w).unflatten(1, (f, w))
         else:
             sent = q.new_empty(z, f, w, d_v)
         recompute = tracked and w > RECOMPUTE_WIDTH
-        for a, b, r0, r1 in _blocks(z, f, w, budget):
+        # the distance energy forms (rows x w x d_k) differences per block
+        for a, b, r0, r1 in _blocks(z, f, w, budget // d_k if distance else budget):
             args = (
                 r0,
                 scale,
