@@ -53,7 +53,7 @@ from .golden_cases import (
     write_cases,
 )
 from .hierarchy import Hierarchy
-from .reference import hsa_attention_matrix, score_matrix
+from .reference import hsa_attention_matrix, score_matrix, split_trees
 from .strategies import HSACase, hierarchies, hsa_cases
 from .tolerance import (
     DTYPES,
@@ -821,25 +821,12 @@ def _permutation(target: Target, case: HSACase, data: st.DataObject) -> None:
     _require_close(case, b, a, _limits(ref, ref), "relabelling does not permute the rows", **note)
 
 
-def _subtree(h: Hierarchy, root: int, leaves: list[int]) -> tuple[Hierarchy, list[int]]:
-    """The tree of ``root`` as its own hierarchy (leaves renumbered in increasing order) and
-    the old ids of its nodes in the new order."""
-    nodes = sorted(leaves) + sorted(
-        int(a) for a in h.families if int(h.root_of[a]) == root and a not in leaves
-    )
-    new_id = {old: new for new, old in enumerate(nodes)}
-    parent = [new_id[p] if (p := h.parent[x]) >= 0 else -1 for x in nodes]
-    return Hierarchy.from_parents(parent, len(leaves)), nodes
-
-
 def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
     h = case.hierarchy
     ref = _reference(target, case)
     whole = _run(target, case)
-    roots = h.root_of[: h.num_leaves]
-    for root in h.roots:
-        leaves = [int(x) for x in (roots == root).nonzero()[0]]
-        sub, nodes = _subtree(h, root, leaves)
+    for nodes, sub in split_trees(h):
+        leaves, root = nodes[: sub.num_leaves], int(h.root_of[nodes[0]])
         rows = torch.tensor(leaves, dtype=torch.long)
         kw = case.kwargs()
         if "positions" in kw:
