@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from hsa_fast.triton_programme import triton_unsupported
+    from hsa_fast.triton import triton_unsupported
 
     probe = torch.empty(1, 1, 1, 8, device=device, dtype=torch.bfloat16)
     reason = triton_unsupported(probe, probe, None, 1, explicit=True)

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from hsa_fast import compile_hierarchy, triton_programme
+from hsa_fast import compile_hierarchy
+from hsa_fast.triton import record_launches, triton_interpreted
 from hsa_ref import Hierarchy
 
 __all__ = ["CASES", "CompiledKernel", "compile_case"]
@@ -49,13 +50,6 @@ CASES: dict[str, tuple[Hierarchy, torch.dtype, int, str, bool]] = {
     ),
 }
 
-_TYPES = {
-    torch.float32: "fp32",
-    torch.float16: "fp16",
-    torch.bfloat16: "bf16",
-    torch.int32: "i32",
-    torch.int64: "i64",
-}
 _SHOWN = ("W", "G", "BR", "NUM_CHUNKS", "BDK", "HAS_LEAVES", "HAS_FAMILIES", "HALF")
 
 
@@ -72,29 +66,27 @@ class CompiledKernel:
     tensor_cores: str
 
 
-def _signature(fn: Any, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
-    """Signature, constexprs, attributes and options as Triton's JIT would derive them."""
-    bound = dict(zip(fn.arg_names, args, strict=False))
-    bound.update({k: v for k, v in kwargs.items() if k in fn.arg_names})
-    options = {k: v for k, v in kwargs.items() if k not in fn.arg_names}
-    signature, constexprs, attrs = {}, {}, {}
-    for i, (name, param) in enumerate(zip(fn.arg_names, fn.params, strict=True)):
-        value = bound[name]
-        integer = isinstance(value, int) and not isinstance(value, bool)
-        if param.is_constexpr or (integer and value == 1 and not param.do_not_specialize):
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + _TYPES[value.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif integer:
-            signature[name] = "i32" if abs(value) < 2**31 else "i64"
-            if value % 16 == 0 and not param.do_not_specialize:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: cannot type argument {name}={value!r}")
-    return signature, constexprs, attrs, options
+def _specialise(fn: Any, target: Any, args: tuple, kwargs: dict) -> tuple[Any, dict, dict, Any]:
+    """Signature, constexprs, attributes and options of a launch, derived by Triton's own JIT
+    binder for ``target`` (no GPU needed), so the compiled kernel is the one a launch would get."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    return fn._pack_args(backend, kwargs, bound, specialization, options)
+
+
+def _shown(fn: Any, constexprs: dict) -> dict[str, Any]:
+    """The main constexprs of a launch by name, the fields of constexpr named tuples included."""
+    flat: dict[str, Any] = {}
+    for path, value in constexprs.items():
+        if hasattr(value, "_asdict"):
+            flat.update(value._asdict())
+        elif len(path) == 1:
+            flat[fn.arg_names[path[0]]] = value
+    return {k: v for k, v in flat.items() if k in _SHOWN}
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
@@ -124,32 +116,33 @@ def compile_case(name: str, arch: int = 90) -> list[CompiledKernel]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if triton_programme.triton_interpreted():
+    if triton_interpreted():
         raise RuntimeError("the kernels are interpreted: unset TRITON_INTERPRET and start again")
     h, dtype, d, energy, with_pos = CASES[name]
     q, k, v = (torch.randn(2, h.num_leaves, d).to(dtype) for _ in range(3))
     pos = torch.randn(h.num_nodes, 4) if with_pos else None
-    launches = triton_programme.record_launches(
+    launches = record_launches(
         q, k, v, compile_hierarchy(h), scale=0.125, energy=energy, positions=pos
     )
+    target = GPUTarget("cuda", arch, 32)
     results, seen = [], set()
     for launch in launches:
-        fn, args, kwargs = launch.kernel, launch.args, launch.kwargs
-        signature, constexprs, attrs, options = _signature(fn, args, kwargs)
-        key = (fn.__name__, repr(sorted(signature.items())), repr(sorted(constexprs.items())))
+        fn = launch.kernel
+        options, signature, constexprs, attrs = _specialise(fn, target, launch.args, launch.kwargs)
+        key = (fn.__name__, repr(signature), repr(sorted(constexprs.items())), repr(attrs))
         if key in seen:
             continue
         seen.add(key)
         source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+        compiled = triton.compile(source, target=target, options=options.__dict__)
         ptx = compiled.asm["ptx"]
         registers, spills = _ptxas_report(ptx, arch)
         cores = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "-"
         results.append(
             CompiledKernel(
                 kernel=fn.__name__,
-                constexprs={k: v for k, v in constexprs.items() if k in _SHOWN},
-                num_warps=options.get("num_warps", 4),
+                constexprs=_shown(fn, constexprs),
+                num_warps=options.num_warps,
                 registers=registers,
                 spill_bytes=spills,
                 shared_bytes=compiled.metadata.shared,

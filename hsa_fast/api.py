@@ -1,6 +1,6 @@
 """The public entry point: validation, then the programme on the input's device.
 
-``backend="auto"`` runs the Triton kernels (:mod:`hsa_fast.triton_programme`) on CUDA tensors
+``backend="auto"`` runs the Triton kernels (:mod:`hsa_fast.triton`) on CUDA tensors
 when Triton is installed and the inputs suit them, and the PyTorch programme otherwise."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import torch
 from hsa_ref import Hierarchy, check_attention_inputs
 from hsa_ref.validation import check_dtype
 
+from .backends import choose_backend
 from .layout import HSALayout, compile_hierarchy
 from .programme import accumulation_dtype, hsa_programme
-from .triton_programme import choose_backend, hsa_triton
+from .triton import hsa_triton
 
 __all__ = ["centre_per_tree", "hsa"]
 

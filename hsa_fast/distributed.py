@@ -37,10 +37,11 @@ import torch.distributed as dist
 from hsa_ref import Hierarchy, check_attention_inputs
 
 from .api import centre_per_tree
+from .backends import choose_backend
 from .layout import compile_hierarchy
 from .programme import accumulation_dtype, hsa_programme
 from .sharding import Shard, ShardPlan, partition
-from .triton_programme import choose_backend, hsa_triton
+from .triton import hsa_triton
 
 __all__ = [
     "Collective",

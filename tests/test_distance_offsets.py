@@ -16,7 +16,7 @@ import torch
 
 from hsa_fast import compile_hierarchy, hsa
 from hsa_fast.api import centre_per_tree
-from hsa_fast.triton_programme import hsa_triton, triton_interpreted
+from hsa_fast.triton import hsa_triton, triton_interpreted
 from hsa_ref import Hierarchy, hsa_reference
 from hsa_ref.tolerance import compare_to_reference
 

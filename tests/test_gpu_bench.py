@@ -55,7 +55,7 @@ def test_table_and_targets():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run is for GPU-less machines")
 def test_smoke_run_on_cpu(capsys, tmp_path):
-    from hsa_fast.triton_programme import triton_interpreted
+    from hsa_fast.triton import triton_interpreted
 
     if not triton_interpreted():
         pytest.skip("TRITON_INTERPRET is not set")

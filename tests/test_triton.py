@@ -1,4 +1,4 @@
-"""The Triton kernels (hsa_fast.triton_programme) against the reference and the PyTorch programme.
+"""The Triton kernels (hsa_fast.triton) against the reference and the PyTorch programme.
 
 On a machine without CUDA the kernels run on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, set by conftest.py before Triton is imported), on small cases: the
@@ -24,13 +24,9 @@ from hypothesis import strategies as st
 
 import hsa_fast.api
 from hsa_fast import compile_hierarchy, hsa
-from hsa_fast.triton_programme import (
-    _bucket_args,
-    choose_backend,
-    record_launches,
-    triton_interpreted,
-    triton_plan,
-)
+from hsa_fast.backends import choose_backend
+from hsa_fast.triton import record_launches, triton_interpreted, triton_plan
+from hsa_fast.triton.plan import bucket_launch
 from hsa_ref import Hierarchy
 from hsa_ref.strategies import hierarchies, hsa_cases
 from hsa_ref.tolerance import compare_to_reference
@@ -260,16 +256,17 @@ def test_plan_is_built_once_per_layout_and_freed_with_it():
 def test_plan_covers_every_family_once():
     for h in STRUCTURES.values():
         plan = triton_plan(compile_hierarchy(h, DEVICE))
-        seen = sorted(f for b in plan.buckets for f in b.families.tolist())
+        seen = sorted(f for b in plan.buckets for f in b.children.families.tolist())
         assert seen == list(range(h.num_families))
         for b in plan.buckets:
             assert b.padded & (b.padded - 1) == 0
             assert b.width <= b.padded < 2 * b.width
             for dtype in (torch.float32, torch.bfloat16):
-                programs, args = _bucket_args(b, dtype)
-                assert args["BR"] >= 16  # tl.dot reduces over at least 16
-                assert args["BR"] * args["NUM_CHUNKS"] == args["G"] * b.padded
-                assert (programs - 1) * args["G"] < b.num_families <= programs * args["G"]
+                programs, tile = bucket_launch(b, dtype)
+                assert tile.BR >= 16  # tl.dot reduces over at least 16
+                assert b.padded == tile.W
+                assert tile.G * b.padded == tile.BR * tile.NUM_CHUNKS
+                assert (programs - 1) * tile.G < b.num_families <= programs * tile.G
 
 
 def test_no_grad_forward_equals_grad_forward():
@@ -334,7 +331,8 @@ def test_benchmark_kernels_compile_for_hopper():
             "hsa_down_bwd_kernel",
             "hsa_up_bwd_kernel",
         }, case
-        leaf = [k for k in kernels if k["constexprs"].get("HALF")]
+        products = [k for k in kernels if k["kernel"] in ("hsa_up_kernel", "hsa_up_bwd_kernel")]
+        leaf = [k for k in products if k["constexprs"].get("HALF")]
         assert {k["kernel"] for k in leaf} == {"hsa_up_kernel", "hsa_up_bwd_kernel"}, case
         for k in leaf:
             assert k["tensor_cores"] != "-", (case, k)
