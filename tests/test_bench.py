@@ -36,6 +36,116 @@ def test_t_cdf_limits() -> None:
     assert t_cdf(-2.0, 5) == pytest.approx(1 - t_cdf(2.0, 5), abs=1e-14)
 
 
+# Closed forms of the t distribution that do not go through the series in bench.fit, each written
+# in a form that keeps its digits in the lower tail: df -> (P(T <= -t) for t >= 0, the p-quantile
+# for p < 1/2).
+CLOSED_FORMS = {
+    1: (
+        lambda t: math.atan2(1.0, t) / math.pi,
+        lambda p: -1.0 / math.tan(math.pi * p) if p < 0.25 else math.tan(math.pi * (p - 0.5)),
+    ),
+    2: (
+        lambda t: 1.0 / (math.hypot(t, math.sqrt(2)) * (math.hypot(t, math.sqrt(2)) + t)),
+        lambda p: (2 * p - 1) / math.sqrt(2 * p * (1 - p)),
+    ),
+}
+TAIL_T = [0.0, 1e-9, 1e-3, 0.3, 1.0, 2.0, 7.5, 40.0, 1e3, 1e8]
+TAIL_P = [1e-300, 1e-12, 1e-6, 1e-3, 0.025, 0.1, 0.25, 0.4, 0.5 - 2**-30]
+
+
+def closed_form_errors(cdf, quantile) -> tuple[float, float]:
+    """Largest relative errors of ``cdf`` and ``quantile`` against :data:`CLOSED_FORMS`."""
+    cdf_err = quantile_err = 0.0
+    for df, (lower, ppf) in CLOSED_FORMS.items():
+        for t in TAIL_T:
+            for got, want in ((cdf(-t, df), lower(t)), (cdf(t, df), 1 - lower(t))):
+                cdf_err = max(cdf_err, abs(got - want) / want)
+        for p in TAIL_P:
+            quantile_err = max(quantile_err, abs(quantile(p, df) / ppf(p) - 1))
+    return cdf_err, quantile_err
+
+
+def test_t_distribution_matches_closed_forms() -> None:
+    cdf_err, quantile_err = closed_form_errors(t_cdf, t_quantile)
+    assert cdf_err <= 1e-14
+    assert quantile_err <= 1e-14
+
+
+def test_closed_form_check_rejects_a_perturbed_t_distribution() -> None:
+    off_by_one = closed_form_errors(
+        lambda t, df: t_cdf(t, df + 1), lambda p, df: t_quantile(p, df + 1)
+    )
+    assert min(off_by_one) > 1e-3
+    nudged = closed_form_errors(
+        lambda t, df: t_cdf(t, df) * (1 + 1e-12), lambda p, df: t_quantile(p, df) * (1 + 1e-12)
+    )
+    assert min(nudged) > 1e-14
+
+
+def scipy_errors(cdf, quantile) -> tuple[float, float]:
+    """Largest absolute CDF and relative quantile errors against ``scipy.stats.t``."""
+    stats = pytest.importorskip("scipy.stats")
+    # Away from t = 0, where scipy's own df = 1 CDF loses digits.
+    ts = np.concatenate([-np.geomspace(0.05, 1e4, 60), np.geomspace(0.05, 1e4, 60)])
+    ps = [1e-9, 1e-4, 0.005, 0.025, 0.1, 0.3, 0.6, 0.9, 0.975, 0.995, 1 - 1e-4]
+    cdf_err = quantile_err = 0.0
+    for df in [1, 2, 3, 4, 5, 6, 7, 10, 15, 30]:
+        want = stats.t.cdf(ts, df)
+        cdf_err = max(
+            cdf_err, max(abs(cdf(float(t), df) - w) for t, w in zip(ts, want, strict=True))
+        )
+        want = stats.t.ppf(ps, df)
+        quantile_err = max(
+            quantile_err, max(abs(quantile(p, df) / w - 1) for p, w in zip(ps, want, strict=True))
+        )
+    return cdf_err, quantile_err
+
+
+def test_t_distribution_matches_scipy() -> None:
+    cdf_err, quantile_err = scipy_errors(t_cdf, t_quantile)
+    assert cdf_err <= 1e-15
+    assert quantile_err <= 1e-13
+
+
+def test_scipy_check_rejects_a_perturbed_t_distribution() -> None:
+    off_by_one = scipy_errors(lambda t, df: t_cdf(t, df + 1), lambda p, df: t_quantile(p, df + 1))
+    assert min(off_by_one) > 1e-3
+    nudged = scipy_errors(
+        lambda t, df: t_cdf(t, df) + 1e-14, lambda p, df: t_quantile(p, df) * (1 + 1e-12)
+    )
+    assert min(nudged) > 1e-14
+
+
+def test_t_quantile_is_odd_and_inverts_the_cdf() -> None:
+    for df in [1, 3, 8, 25]:
+        for p in [2**-40, 2**-10, 3 / 128, 0.3125, 0.5 - 2**-20]:  # 1 - p is exact for these
+            t = t_quantile(p, df)
+            assert t_quantile(1 - p, df) == -t
+            assert t_cdf(t, df) == pytest.approx(p, rel=1e-13)
+    assert t_quantile(0.5, 4) == 0.0
+    assert t_quantile(1e-320, 1) == -math.inf  # beyond the largest double: -1 / (pi p)
+    assert t_cdf(math.inf, 2) == 1.0
+    assert t_cdf(-math.inf, 2) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: t_cdf(1.0, 2.5), ValueError, "whole number"),
+        (lambda: t_cdf(1.0, 0), ValueError, "whole number"),
+        (lambda: t_cdf(1.0, math.inf), ValueError, "whole number"),
+        (lambda: t_cdf(math.nan, 3), ValueError, "NaN"),
+        (lambda: t_cdf("1", 3), TypeError, "t must be a real number"),
+        (lambda: t_cdf(1.0, "3"), TypeError, "df must be a real number"),
+        (lambda: t_quantile(1.0, 3), ValueError, "p must lie"),
+        (lambda: t_quantile(0.9, -1), ValueError, "whole number"),
+    ],
+)
+def test_bad_t_input_raises(call, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
+
+
 @pytest.mark.parametrize(("exponent", "prefactor"), [(1.0, 3e-7), (2.0, 1e-9), (-0.5, 4.0)])
 def test_exact_power_law_is_recovered(exponent: float, prefactor: float) -> None:
     x = np.geomspace(1e3, 1e6, 7)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,3 +178,33 @@ def test_main_writes_table_json_and_plot(tmp_path, capsys):
     assert table.count("| chunks-8 |") == 8
     assert (tmp_path / "fidelity_vs_flops.png").stat().st_size > 10_000
     assert "table.md" in capsys.readouterr().out
+
+
+STORED_RESULTS = Path(__file__).resolve().parents[1] / "results" / "zero_shot" / "results.json"
+
+
+def _series_without_pixels(png: Path, result: dict) -> list[str]:
+    """The hierarchies whose colour (tab10, in the order plotted) is missing from the figure."""
+    import matplotlib
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)[..., :3]
+    assert image.shape[:2] == (780, 1800)  # 15 x 6.5 inches at 120 dpi
+    kinds = list(dict.fromkeys(r["hierarchy"] for r in result["rows"] if r["hierarchy"] != "flat"))
+    colours = matplotlib.colormaps["tab10"]
+    missing = []
+    for c, kind in enumerate(kinds):
+        close = np.abs(image - np.array(colours(c)[:3])).max(axis=-1) < 0.02
+        if close.sum() < 500:  # a legend entry alone has far fewer
+            missing.append(kind)
+    return missing
+
+
+def test_plot_redraws_the_stored_results(tmp_path):
+    result = json.loads(STORED_RESULTS.read_text())
+    zs.plot(result, tmp_path / "figure.png")
+    assert _series_without_pixels(tmp_path / "figure.png", result) == []
+    # The check sees a series that is not drawn: leave one out of the plot, not of the check.
+    dropped = dict(result, rows=[r for r in result["rows"] if r["hierarchy"] != "chunks-16"])
+    zs.plot(dropped, tmp_path / "dropped.png")
+    assert _series_without_pixels(tmp_path / "dropped.png", result) == ["chunks-16"]

@@ -49,54 +49,12 @@ def write_table(result: dict[str, Any], path: Path) -> str:
     return text
 
 
-_LABEL_OFFSETS = [(0, 8), (0, -8), (9, 0), (-9, 0), (8, 8), (-8, 8), (8, -8), (-8, -8)]
-_LABEL_OFFSETS += [(0, 16), (0, -16), (17, 0), (-17, 0), (15, 12), (-15, 12), (15, -12)]
-
-
-def _place_labels(ax: Any, labels: list[tuple[float, float, str, Any]], obstacles) -> None:
-    """Write each label next to its point, greedily avoiding other labels and the markers.
-
-    ``labels``: ``(x, y, text, color)`` in data coordinates; ``obstacles``: ``(x, y, radius
-    in points)`` of markers. Call once the figure layout is final (after a draw).
-    """
-    px = ax.figure.dpi / 72
-    half_w, half_h = 4.5 * px, 5.5 * px
-
-    def box(cx: float, cy: float, hw: float, hh: float) -> tuple[float, ...]:
-        return (cx - hw, cy - hh, cx + hw, cy + hh)
-
-    def overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-    taken = []
-    for x, y, radius in obstacles:
-        cx, cy = ax.transData.transform((x, y))
-        taken.append(box(cx, cy, radius * px, radius * px))
-    for x, y, text, color in labels:
-        cx, cy = ax.transData.transform((x, y))
-        choice = _LABEL_OFFSETS[0]
-        for dx, dy in _LABEL_OFFSETS:
-            candidate = box(cx + dx * px, cy + dy * px, half_w, half_h)
-            if not any(overlaps(candidate, other) for other in taken):
-                choice = (dx, dy)
-                break
-        taken.append(box(cx + choice[0] * px, cy + choice[1] * px, half_w, half_h))
-        note = ax.annotate(
-            text,
-            (x, y),
-            xytext=choice,
-            textcoords="offset points",
-            ha="center",
-            va="center",
-            fontsize=9,
-            fontweight="bold",
-            color=color,
-        )
-        note.set_in_layout(False)
-
-
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Fidelity (Spearman, retrieval MRR) against FLOPs saved: a line per hierarchy, k marked."""
+    """Fidelity (Spearman, retrieval MRR) against FLOPs saved: a line per hierarchy.
+
+    Each point of a line is a circle with its ``k`` written inside, so labels sit on their points
+    and need no placement.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,9 +69,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ("spearman", "Spearman rho of pairwise similarities\nvs. unmodified model"),
         ("mrr", "retrieval: mean reciprocal rank"),
     ]
-    pending = []
     for ax, (metric, ylabel) in zip(axes, panels, strict=True):
-        labels, obstacles = [], []
         for c, kind in enumerate(kinds):
             sweep = sorted(
                 (r for r in rows if r["hierarchy"] == kind and r["k"] is not None),
@@ -122,11 +78,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
             alt = [r for r in rows if r["hierarchy"] == kind and r["k"] is None]
             xs = [100 * r["saved_model"] for r in sweep]
             ys = [r[metric] for r in sweep]
-            ax.plot(xs, ys, "o-", color=colors(c), lw=1.2, ms=4, alpha=0.8, label=kind)
-            labels += [
-                (x, y, str(r["k"]), colors(c)) for x, y, r in zip(xs, ys, sweep, strict=True)
-            ]
-            obstacles += [(x, y, 3) for x, y in zip(xs, ys, strict=True)]
+            # Each series' digits sit just above its own circles and below the next series'
+            # circles, so where two points coincide the upper one stays legible.
+            z = 3 + c
+            ax.plot(xs, ys, "o-", color=colors(c), lw=1.2, ms=11, mfc="white", label=kind, zorder=z)
+            for x, y, r in zip(xs, ys, sweep, strict=True):
+                ax.annotate(
+                    str(r["k"]),
+                    (x, y),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colors(c),
+                    zorder=z + 0.5,
+                )
             alt_xy = [(100 * r["saved_model"], r[metric]) for r in alt]
             ax.plot(
                 [x for x, _ in alt_xy],
@@ -137,8 +102,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 color=colors(c),
                 ms=8,
                 ls="none",
+                zorder=2.5,
             )
-            obstacles += [(x, y, 5) for x, y in alt_xy]
         if metric == "mrr":
             ax.axhline(
                 result["baseline"]["mrr"], color="0.4", ls="--", lw=1, label="unmodified model"
@@ -152,7 +117,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(f"attention FLOPs saved over all {num_layers} layers (log scale)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        pending.append((ax, labels, obstacles))
     handles, names = axes[1].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], marker="D", mfc="none", ms=8, color="0.3", ls="none"))
     names.append("alternating layers\n(1,3,5 and 3,5)")
@@ -161,8 +125,5 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"Zero-shot HSA in {result['model']}: numbers are k (layers k..{num_layers - 1} "
         "replaced by HSA)"
     )
-    fig.canvas.draw()  # fixes the layout, so label placement sees final pixel positions
-    for ax, labels, obstacles in pending:
-        _place_labels(ax, labels, obstacles)
     fig.savefig(path, dpi=120)
     plt.close(fig)
