@@ -44,14 +44,8 @@ from hypothesis.errors import Unsatisfiable
 from . import __version__
 from .calling import DEFAULT_TIMEOUT, Call, call
 from .diagnostics import diagnose
-from .golden_cases import (
-    GOLDEN_DIR,
-    GoldenCase,
-    load_cases,
-    load_index,
-    make_case,
-    write_cases,
-)
+from .formats import GOLDEN_DIR, GoldenCase, load_cases, load_index, write_cases
+from .golden_cases import make_case
 from .hierarchy import Hierarchy
 from .reference import hsa_attention_matrix, score_matrix, split_trees
 from .strategies import HSACase, hierarchies, hsa_cases

@@ -19,18 +19,29 @@ described in ``docs/PORTING.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .formats import (
+    CASE_FORMAT,
+    GOLDEN_DIR,
+    INDEX_FORMAT,
+    QUANTITIES,
+    SET_VERSION,
+    GoldenCase,
+    dtype_name,
+    load_cases,
+    load_index,
+    quantity_kind,
+    write_cases,
+)
 from .hierarchy import Hierarchy
 from .reference import family_shares, hsa_attention_matrix, log_partition, sibling_log_partition
 from .tolerance import (
@@ -41,7 +52,6 @@ from .tolerance import (
     MAX_ROUNDED_SCORE,
     PERTURBATIONS,
     REFERENCE_FACTOR,
-    Agreement,
     agreement,
     eps,
     evaluate_reference,
@@ -56,6 +66,7 @@ __all__ = [
     "CASE_FORMAT",
     "GOLDEN_DIR",
     "INDEX_FORMAT",
+    "QUANTITIES",
     "SET_VERSION",
     "CaseSpec",
     "GoldenCase",
@@ -63,14 +74,11 @@ __all__ = [
     "drift",
     "generate",
     "load_cases",
+    "load_index",
     "main",
     "write_cases",
 ]
 
-CASE_FORMAT = "hsa-case/1"
-INDEX_FORMAT = "hsa-golden-index/1"
-SET_VERSION = 2
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 HUGE_SCORE = 1e4
 
 
@@ -440,7 +448,6 @@ def case_specs() -> list[CaseSpec]:
 
 
 # ---------------------------------------------------------------------------- the cases
-QUANTITIES = ("out", "grad_q", "grad_k", "grad_v", "grad_positions")
 STRUCTURE_MAX_LEAVES = 32
 
 
@@ -466,180 +473,6 @@ def structure_record(
             mu[child] = share[r, r].item()
     lse_list = [None if m is None else lse[x].item() for x, m in enumerate(mu)]
     return {"theta": theta.tolist(), "F": f.tolist(), "L": lse_list, "mu": mu}
-
-
-def quantity_kind(quantity: str) -> str:
-    """``"output"`` for ``out``, ``"gradient"`` for ``grad_*`` (selects the rule's factor)."""
-    return "output" if quantity == "out" else "gradient"
-
-
-@dataclass(frozen=True)
-class GoldenCase:
-    """One ``hsa-case/1`` case: inputs, reference results and the numbers of the rule.
-
-    Tensors are float64 and 2-D (``(N, d)``); ``positions`` is ``(N + M, d_p)`` or ``None``.
-    ``scale`` is the value used; ``scale_is_default`` says implementations are called with
-    ``scale=None``. ``expected`` holds the float64 reference of every quantity (``out`` and
-    the gradients ``grad_q, grad_k, grad_v[, grad_positions]`` of ``sum(grad_out * out)``);
-    ``references[t]`` the same quantities evaluated in dtype ``t`` (float32, bfloat16,
-    float16); ``tolerance["limits"][t][quantity]`` the rule's numbers for a result in ``t``.
-    """
-
-    name: str
-    description: str
-    hierarchy: Hierarchy
-    energy: str
-    scale: float
-    scale_is_default: bool
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    positions: torch.Tensor | None
-    grad_out: torch.Tensor
-    expected: dict[str, torch.Tensor]
-    references: dict[str, dict[str, torch.Tensor]]
-    tolerance: dict[str, Any]
-    structure: dict[str, Any] | None = None
-
-    @property
-    def out(self) -> torch.Tensor:
-        """The float64 reference output ``ref64``."""
-        return self.expected["out"]
-
-    @property
-    def quantities(self) -> list[str]:
-        """``out`` and the gradients this case carries, in :data:`QUANTITIES` order."""
-        return [name for name in QUANTITIES if name in self.expected]
-
-    def inputs(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
-        """``q, k, v`` in ``dtype`` (exact in every dtype of :data:`DTYPES`)."""
-        return self.q.to(dtype), self.k.to(dtype), self.v.to(dtype)
-
-    def call_kwargs(self, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
-        """Keyword arguments of SPEC section 8: ``scale``, ``energy`` and maybe ``positions``."""
-        kw: dict[str, Any] = {
-            "scale": None if self.scale_is_default else self.scale,
-            "energy": self.energy,
-        }
-        if self.positions is not None:
-            kw["positions"] = self.positions.to(dtype)
-        return kw
-
-    def reference_t(self, dtype: torch.dtype, quantity: str = "out") -> torch.Tensor:
-        """``ref_t`` of SPEC section 6: the reference evaluated in ``low_precision_dtype(t)``."""
-        return self.references[_dtype_name(low_precision_dtype(dtype))][quantity]
-
-    def limit(self, dtype: torch.dtype, quantity: str = "out") -> dict[str, Any]:
-        """The stored numbers of the rule for ``quantity`` computed in ``dtype``."""
-        return self.tolerance["limits"][_dtype_name(dtype)][quantity]
-
-    def judge(self, result: torch.Tensor, dtype: torch.dtype, quantity: str = "out") -> Agreement:
-        """The rule for an implementation's ``quantity`` computed from inputs in ``dtype``."""
-        return agreement(
-            result,
-            self.expected[quantity],
-            self.reference_t(dtype, quantity),
-            dtype=dtype,
-            score_max=self.tolerance["score_max"],
-            kind=quantity_kind(quantity),
-            magnitude=self.tolerance["gradient_magnitude"] if quantity != "out" else None,
-            perturbation_error=self.limit(dtype, quantity)["perturbation_error"],
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "format": CASE_FORMAT,
-            "name": self.name,
-            "description": self.description,
-            "tree": self.hierarchy.to_dict(),
-            "energy": self.energy,
-            "scale": self.scale,
-            "scale_is_default": self.scale_is_default,
-            "q": self.q.tolist(),
-            "k": self.k.tolist(),
-            "v": self.v.tolist(),
-        }
-        if self.positions is not None:
-            obj["positions"] = self.positions.tolist()
-        obj["grad_out"] = self.grad_out.tolist()
-        for quantity in self.quantities:
-            obj[quantity] = self.expected[quantity].tolist()
-        obj["references"] = {
-            dtype: {quantity: t.tolist() for quantity, t in by_quantity.items()}
-            for dtype, by_quantity in self.references.items()
-        }
-        if self.structure is not None:
-            obj["structure"] = self.structure
-        obj["tolerance"] = self.tolerance
-        return obj
-
-    @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> GoldenCase:
-        """Parse an ``hsa-case/1`` object; ``ValueError`` naming what is missing or malformed."""
-        if not isinstance(obj, dict) or obj.get("format") != CASE_FORMAT:
-            raise ValueError(f"not an {CASE_FORMAT} object")
-        required = {
-            "name",
-            "tree",
-            "energy",
-            "scale",
-            "q",
-            "k",
-            "v",
-            "grad_out",
-            "out",
-            "grad_q",
-            "grad_k",
-            "grad_v",
-            "references",
-            "tolerance",
-        }
-        missing = required - obj.keys()
-        if missing:
-            raise ValueError(f"{CASE_FORMAT} object lacks {sorted(missing)}")
-        h = Hierarchy.from_dict(obj["tree"])
-
-        def matrix(value: Any, key: str, rows: int | None) -> torch.Tensor:
-            t = torch.tensor(value, dtype=torch.float64)
-            if t.dim() != 2 or (rows is not None and t.shape[0] != rows):
-                raise ValueError(f"case {obj['name']!r}: {key!r} must be a {rows} x d matrix")
-            return t
-
-        n, pos = h.num_leaves, obj.get("positions")
-        rows = {"grad_positions": h.num_nodes}
-        expected = {
-            quantity: matrix(obj[quantity], quantity, rows.get(quantity, n))
-            for quantity in QUANTITIES
-            if quantity in obj
-        }
-        references = {
-            dtype: {
-                quantity: matrix(value, f"references.{dtype}.{quantity}", rows.get(quantity, n))
-                for quantity, value in by_quantity.items()
-            }
-            for dtype, by_quantity in obj["references"].items()
-        }
-        return cls(
-            name=obj["name"],
-            description=obj.get("description", ""),
-            hierarchy=h,
-            energy=obj["energy"],
-            scale=float(obj["scale"]),
-            scale_is_default=bool(obj.get("scale_is_default", False)),
-            q=matrix(obj["q"], "q", n),
-            k=matrix(obj["k"], "k", n),
-            v=matrix(obj["v"], "v", n),
-            positions=None if pos is None else matrix(pos, "positions", h.num_nodes),
-            grad_out=matrix(obj["grad_out"], "grad_out", n),
-            expected=expected,
-            references=references,
-            tolerance=obj["tolerance"],
-            structure=obj.get("structure"),
-        )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def half_exact(a: np.ndarray) -> torch.Tensor:
@@ -692,7 +525,7 @@ def tolerance_record(
         "limits": {},
     }
     for label, dtype in DTYPES.items():
-        low = _dtype_name(low_precision_dtype(dtype))
+        low = dtype_name(low_precision_dtype(dtype))
         limits = record["limits"][label] = {}
         for quantity, exact in expected.items():
             rule = agreement(
@@ -829,83 +662,6 @@ def generate(names: Sequence[str] | None = None) -> list[GoldenCase]:
             raise ValueError(f"unknown golden cases {sorted(unknown)}")
         specs = [s for s in specs if s.name in set(names)]
     return [build_case(s) for s in specs]
-
-
-# ---------------------------------------------------------------------------- files
-def _is_matrix(x: Any) -> bool:
-    return isinstance(x, list) and bool(x) and isinstance(x[0], list)
-
-
-def _holds_matrix(x: Any) -> bool:
-    return _is_matrix(x) or (isinstance(x, dict) and any(map(_holds_matrix, x.values())))
-
-
-def _dump(obj: dict[str, Any]) -> str:
-    """JSON with one matrix row per line; floats are written with ``repr`` (round-trip)."""
-
-    def text(x: Any, indent: str) -> str:
-        inner = indent + "  "
-        if _is_matrix(x):
-            rows = ",\n".join(inner + json.dumps(row, allow_nan=False) for row in x)
-            return "[\n" + rows + "\n" + indent + "]"
-        if isinstance(x, dict) and _holds_matrix(x):
-            items = ",\n".join(f"{inner}{json.dumps(k)}: {text(y, inner)}" for k, y in x.items())
-            return "{\n" + items + "\n" + indent + "}"
-        if isinstance(x, dict) and any(isinstance(y, dict) for y in x.values()):
-            return json.dumps(x, indent=2, allow_nan=False).replace("\n", "\n" + indent)
-        return json.dumps(x, allow_nan=False)
-
-    return text(obj, "") + "\n"
-
-
-def write_cases(cases: Sequence[GoldenCase], directory: Path | str = GOLDEN_DIR) -> list[Path]:
-    """Write ``<name>.json`` per case and ``index.json``; stale case files are removed."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    index_path = directory / "index.json"
-    if index_path.exists():
-        for old in json.loads(index_path.read_text())["cases"]:
-            if old not in {c.name for c in cases}:
-                (directory / f"{old}.json").unlink(missing_ok=True)
-    paths = []
-    for case in cases:
-        path = directory / f"{case.name}.json"
-        path.write_text(_dump(case.to_dict()))
-        paths.append(path)
-    index = {
-        "format": INDEX_FORMAT,
-        "set_version": SET_VERSION,
-        "generator": "python -m hsa_ref.golden_cases --write",
-        "cases": [c.name for c in cases],
-    }
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
-    return paths
-
-
-def load_index(directory: Path | str = GOLDEN_DIR) -> dict[str, Any]:
-    """The parsed ``index.json`` of a golden directory (``ValueError`` if absent or malformed)."""
-    path = Path(directory) / "index.json"
-    if not path.is_file():
-        raise ValueError(f"no golden index at {path}")
-    index = json.loads(path.read_text())
-    if index.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{path} has format {index.get('format')!r}; expected {INDEX_FORMAT!r}")
-    return index
-
-
-def load_cases(
-    directory: Path | str = GOLDEN_DIR, names: Sequence[str] | None = None
-) -> list[GoldenCase]:
-    """The golden cases stored in ``directory``, in index order (or just those named)."""
-    directory = Path(directory)
-    wanted = load_index(directory)["cases"] if names is None else list(names)
-    cases = []
-    for name in wanted:
-        path = directory / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"golden case file {path} is missing")
-        cases.append(GoldenCase.from_dict(json.loads(path.read_text())))
-    return cases
 
 
 # ---------------------------------------------------------------------------- drift
