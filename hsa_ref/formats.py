@@ -5,6 +5,8 @@
   memory (``to_dict``, ``from_dict``), one JSON file per case.
 - ``hsa-golden-index/1``: the ``index.json`` of a folder of cases (:func:`write_cases`,
   :func:`load_index`, :func:`load_cases`); the package's own golden set is :data:`GOLDEN_DIR`.
+- ``hsa-output/1``: a port's results for one case (:func:`read_output`), which
+  ``hsa_ref.conformance --outputs`` judges.
 
 The tree inside a case is ``hsa-tree/1`` (:class:`hsa_ref.Hierarchy`). Making cases is
 :mod:`hsa_ref.golden_cases`' business; this module only holds, reads and writes them.
@@ -13,6 +15,7 @@ The tree inside a case is ``hsa-tree/1`` (:class:`hsa_ref.Hierarchy`). Making ca
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +24,13 @@ from typing import Any
 import torch
 
 from .hierarchy import Hierarchy
-from .tolerance import Agreement, agreement, low_precision_dtype
+from .tolerance import DTYPES, Agreement, agreement, low_precision_dtype
 
 __all__ = [
     "CASE_FORMAT",
     "GOLDEN_DIR",
     "INDEX_FORMAT",
+    "OUTPUT_FORMAT",
     "QUANTITIES",
     "SET_VERSION",
     "GoldenCase",
@@ -34,11 +38,13 @@ __all__ = [
     "load_cases",
     "load_index",
     "quantity_kind",
+    "read_output",
     "write_cases",
 ]
 
 CASE_FORMAT = "hsa-case/1"
 INDEX_FORMAT = "hsa-golden-index/1"
+OUTPUT_FORMAT = "hsa-output/1"
 SET_VERSION = 2
 """The version of the golden set: raised by any change to it that a port must notice."""
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -296,3 +302,48 @@ def load_cases(
             raise ValueError(f"golden case file {path} is missing")
         cases.append(GoldenCase.from_dict(json.loads(path.read_text())))
     return cases
+
+
+# ---------------------------------------------------------------------------- a port's outputs
+def _finite_number(text: str) -> float:
+    return float(text)
+
+
+def read_output(path: Path, case: GoldenCase) -> tuple[dict[str, torch.Tensor], torch.dtype]:
+    """A port's ``hsa-output/1`` file for ``case``: ``out`` and each gradient the file holds, as
+    float64 tensors of the case's shapes (``null`` and non-finite numbers read as NaN or inf),
+    and the dtype they were computed in.
+
+    ``ValueError`` naming the file and what is wrong: unreadable JSON, another format, case or
+    dtype, no ``out``, a wrong shape, entries that are not numbers.
+    """
+    try:
+        raw = path.read_text()
+        obj = json.loads(raw, parse_int=_finite_number, parse_constant=_finite_number)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path.name}: not readable JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != OUTPUT_FORMAT:
+        raise ValueError(f"{path.name}: format must be {OUTPUT_FORMAT!r}")
+    if obj.get("case") != case.name:
+        raise ValueError(f"{path.name}: 'case' is {obj.get('case')!r}, expected {case.name!r}")
+    if obj.get("dtype") not in DTYPES:
+        raise ValueError(f"{path.name}: 'dtype' must be one of {sorted(DTYPES)}")
+    results = {}
+    for quantity in case.quantities:
+        if quantity not in obj:
+            if quantity == "out":
+                raise ValueError(f"{path.name}: lacks 'out'")
+            continue
+        rows = obj[quantity]
+        n, d = case.expected[quantity].shape
+        if (
+            not isinstance(rows, list)
+            or len(rows) != n
+            or not all(isinstance(r, list) and len(r) == d for r in rows)
+        ):
+            raise ValueError(f"{path.name}: {quantity!r} must be a list of {n} rows of {d} numbers")
+        values = [[math.nan if x is None else x for x in r] for r in rows]
+        if not all(isinstance(x, float) for r in values for x in r):
+            raise ValueError(f"{path.name}: {quantity!r} holds something other than numbers")
+        results[quantity] = torch.tensor(values, dtype=torch.float64)
+    return results, DTYPES[obj["dtype"]]
