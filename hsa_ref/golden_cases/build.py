@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 STRUCTURE_MAX_LEAVES = 32
+"""Cases with at most this many leaves carry ``structure`` (SPEC section 3 step by step)."""
 
 
 def structure_record(
