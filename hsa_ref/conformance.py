@@ -44,14 +44,16 @@ from hypothesis.errors import Unsatisfiable
 from . import __version__
 from .calling import DEFAULT_TIMEOUT, Call, call
 from .diagnostics import diagnose
-from .golden_cases import (
+from .formats import (
     GOLDEN_DIR,
+    OUTPUT_FORMAT,
     GoldenCase,
     load_cases,
     load_index,
-    make_case,
+    read_output,
     write_cases,
 )
+from .golden_cases import make_case
 from .hierarchy import Hierarchy
 from .reference import hsa_attention_matrix, score_matrix, split_trees
 from .strategies import HSACase, hierarchies, hsa_cases
@@ -87,7 +89,6 @@ __all__ = [
     "run",
 ]
 
-OUTPUT_FORMAT = "hsa-output/1"
 REPORT_FORMAT = "hsa-conformance-report/1"
 DEFAULT_EXAMPLES = 100
 PASSED, FAILED, UNCHECKABLE, UNSUPPORTED = "passed", "failed", "not checkable", "unsupported"
@@ -392,43 +393,6 @@ def check_golden(target: Target, cases: Sequence[GoldenCase]) -> list[Outcome]:
     return [o for case in cases for o in check_case(target, case)]
 
 
-def _finite_number(text: str) -> float:
-    return float(text)
-
-
-def _read_output(path: Path, case: GoldenCase) -> tuple[dict[str, torch.Tensor], torch.dtype]:
-    try:
-        raw = path.read_text()
-        obj = json.loads(raw, parse_int=_finite_number, parse_constant=_finite_number)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"{path.name}: not readable JSON ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != OUTPUT_FORMAT:
-        raise ValueError(f"{path.name}: format must be {OUTPUT_FORMAT!r}")
-    if obj.get("case") != case.name:
-        raise ValueError(f"{path.name}: 'case' is {obj.get('case')!r}, expected {case.name!r}")
-    if obj.get("dtype") not in DTYPES:
-        raise ValueError(f"{path.name}: 'dtype' must be one of {sorted(DTYPES)}")
-    results = {}
-    for quantity in case.quantities:
-        if quantity not in obj:
-            if quantity == "out":
-                raise ValueError(f"{path.name}: lacks 'out'")
-            continue
-        rows = obj[quantity]
-        n, d = case.expected[quantity].shape
-        if (
-            not isinstance(rows, list)
-            or len(rows) != n
-            or not all(isinstance(r, list) and len(r) == d for r in rows)
-        ):
-            raise ValueError(f"{path.name}: {quantity!r} must be a list of {n} rows of {d} numbers")
-        values = [[math.nan if x is None else x for x in r] for r in rows]
-        if not all(isinstance(x, float) for r in values for x in r):
-            raise ValueError(f"{path.name}: {quantity!r} holds something other than numbers")
-        results[quantity] = torch.tensor(values, dtype=torch.float64)
-    return results, DTYPES[obj["dtype"]]
-
-
 def check_output_dir(directory: Path | str, cases: Sequence[GoldenCase]) -> list[Outcome]:
     """Check ``<directory>/<case>.json`` (``hsa-output/1``) for every golden case: ``out``
     and every gradient the file carries."""
@@ -440,7 +404,7 @@ def check_output_dir(directory: Path | str, cases: Sequence[GoldenCase]) -> list
             outcomes.append(Outcome("output", case.name, FAILED, detail=f"no file {path}"))
             continue
         try:
-            results, dtype = _read_output(path, case)
+            results, dtype = read_output(path, case)
         except ValueError as exc:
             outcomes.append(Outcome("output", case.name, FAILED, detail=str(exc)))
             continue

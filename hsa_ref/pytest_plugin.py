@@ -41,7 +41,7 @@ from .conformance import (
     load_impl,
     select_cases,
 )
-from .golden_cases import GOLDEN_DIR
+from .formats import GOLDEN_DIR
 from .tolerance import DTYPES
 from .validation import ENERGIES
 

@@ -13,6 +13,7 @@ from hsa_ref.golden_cases import (
     GOLDEN_DIR,
     GoldenCase,
     case_specs,
+    cli,
     drift,
     generate,
     load_cases,
@@ -191,17 +192,17 @@ def test_stored_limits_are_the_rule_of_hsa_ref_tolerance(stored):
 
 
 def test_check_and_write_commands(fresh, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(golden_cases, "generate", lambda: fresh)
-    assert golden_cases.main(["--write", str(tmp_path)]) == 0
-    assert golden_cases.main(["--check", str(tmp_path)]) == 0
+    monkeypatch.setattr(cli, "generate", lambda: fresh)
+    assert cli.main(["--write", str(tmp_path)]) == 0
+    assert cli.main(["--check", str(tmp_path)]) == 0
     path = tmp_path / "pair.json"
     obj = json.loads(path.read_text())
     obj["out"][0][0] += 1e-6
     path.write_text(json.dumps(obj))
-    assert golden_cases.main(["--check", str(tmp_path)]) == 1
+    assert cli.main(["--check", str(tmp_path)]) == 1
     assert "DRIFT pair: out" in capsys.readouterr().out
-    assert golden_cases.main(["--check", str(tmp_path / "missing")]) == 2
-    assert golden_cases.main(["--path"]) == 0
+    assert cli.main(["--check", str(tmp_path / "missing")]) == 2
+    assert cli.main(["--path"]) == 0
     assert capsys.readouterr().out.strip() == str(GOLDEN_DIR)
 
 
