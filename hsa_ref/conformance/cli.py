@@ -22,6 +22,10 @@ from .properties import PROPERTIES
 from .runner import DEFAULT_EXAMPLES, run, save_failures
 from .target import Capabilities, ImplementationError, UsageError, load_impl
 
+__all__ = [
+    "main",
+]
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

@@ -16,6 +16,12 @@ from ..tolerance import (
 from .outcome import FAILED, UNSUPPORTED, Outcome
 from .target import Target, theta_diagnostic
 
+__all__ = [
+    "check_case",
+    "check_golden",
+    "check_output_dir",
+]
+
 
 # ---------------------------------------------------------------------------- golden cases
 def _golden_outcome(case: GoldenCase, name: str, rule: Agreement, diagnostic: str = "") -> Outcome:

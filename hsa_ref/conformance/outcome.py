@@ -8,6 +8,16 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+__all__ = [
+    "FAILED",
+    "PASSED",
+    "REPORT_FORMAT",
+    "UNCHECKABLE",
+    "UNSUPPORTED",
+    "Outcome",
+    "Report",
+]
+
 REPORT_FORMAT = "hsa-conformance-report/1"
 PASSED, FAILED, UNCHECKABLE, UNSUPPORTED = "passed", "failed", "not checkable", "unsupported"
 

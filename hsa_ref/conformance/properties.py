@@ -31,6 +31,15 @@ from ..validation import check_scale
 from .outcome import FAILED, PASSED, UNCHECKABLE, UNSUPPORTED, Outcome
 from .target import Capabilities, Target
 
+__all__ = [
+    "DEFAULT_EXAMPLES",
+    "PROPERTIES",
+    "Property",
+    "PropertyViolation",
+    "check_properties",
+    "check_property",
+]
+
 # ---------------------------------------------------------------------------- properties
 DEFAULT_EXAMPLES = 100
 

@@ -33,6 +33,12 @@ from .target import (
     dtype_or_usage_error,
 )
 
+__all__ = [
+    "run",
+    "save_failures",
+    "select_cases",
+]
+
 
 # ---------------------------------------------------------------------------- driver
 def select_cases(

@@ -21,6 +21,20 @@ from ..tolerance import (
 )
 from ..validation import ENERGIES
 
+__all__ = [
+    "FULL",
+    "Capabilities",
+    "Impl",
+    "ImplementationError",
+    "Target",
+    "UsageError",
+    "device_or_usage_error",
+    "dtype_or_usage_error",
+    "leaves_contiguous",
+    "load_impl",
+    "theta_diagnostic",
+]
+
 Impl = Callable[..., Any]
 
 
