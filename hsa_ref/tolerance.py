@@ -23,7 +23,10 @@ flash-attention's rule, for an output or a gradient ``x`` computed from inputs i
   attention, is judged against the noise of the whole). It never grows with the scores: the
   growth of rounding error with ``|s|`` is what ``x_t`` measures.
 - In float32, when the largest score within a tree is at most 10, the relative error
-  ``||x - x64|| / ||x64||`` must also stay within ``max(1e-5, K * ||x_t - x64|| / ||x64||)``.
+  ``||x - x64|| / ||x64||`` must also stay within ``max(1e-5, K * ||x_t - x64|| / ||x64||)``,
+  unless ``x64`` is exactly zero (``dq`` of a one-leaf tree, or with every row of ``v`` equal):
+  a relative error against zero is undefined, and the absolute limit alone judges the rounding
+  noise of a correct evaluation there.
 
 A case is **not checkable** in ``t`` (never passed) when ``x64`` or ``x_t`` is not finite (the
 low-precision reference overflows), when ``eps_t * s_max > 1`` (rounding the scores alone
@@ -185,7 +188,7 @@ def agreement(
     err = _max_abs(out64 - ref64) if finite else math.inf
     rel = _relative(out64, ref64) if finite else math.inf
     rel_limit = None
-    if dtype == torch.float32 and score_max <= FLOAT32_RELATIVE_MAX_SCORE:
+    if dtype == torch.float32 and score_max <= FLOAT32_RELATIVE_MAX_SCORE and largest > 0:
         rel_limit = max(FLOAT32_RELATIVE, factor * _relative(ref_t64, ref64))
 
     def verdict(status: str, reason: str) -> Agreement:

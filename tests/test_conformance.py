@@ -29,6 +29,7 @@ from hsa_ref.conformance import (
     main,
     run,
 )
+from hsa_ref.formats import SET_VERSION
 from hsa_ref.golden_cases import load_cases
 from hsa_ref.tolerance import DTYPES
 
@@ -440,7 +441,7 @@ def test_report_and_saved_failures_replay(tmp_path, capsys):
     assert report["format"] == REPORT_FORMAT
     assert report["implementation"] == "planted_bugs:uniform_child_weights"
     assert report["capabilities"]["gradients"] is False
-    assert report["golden_set_version"] == 2
+    assert report["golden_set_version"] == SET_VERSION
     assert report["passed"] is False
     checks = {c["name"]: c for c in report["checks"]}
     golden = checks["leaf_beside_big_family"]

@@ -158,6 +158,19 @@ def test_limit_that_would_pass_zeros_is_not_checkable():
     assert "cannot resolve this case" in verdict.reason
 
 
+def test_float32_relative_limit_skips_an_exactly_zero_answer():
+    """``dq`` of a one-leaf tree, or with every row of ``v`` equal, is exactly zero: a correct
+    float32 evaluation's rounding noise passes on the absolute limit, a larger error fails."""
+    zero = torch.zeros(2, 3, dtype=torch.float64)
+    kw = {"dtype": torch.float32, "score_max": 1.0, "kind": "gradient", "magnitude": 1.0}
+    noise = agreement(torch.full((2, 3), 2.4e-11), zero, zero, **kw)
+    assert noise.status == "passed", noise.reason
+    assert noise.relative_limit is None
+    wrong = agreement(torch.full((2, 3), 1e-5), zero, zero, **kw)
+    assert wrong.status == "failed"
+    assert "max error above tolerance" in wrong.reason
+
+
 def test_rule_constants_and_the_float32_relative_limit():
     assert REFERENCE_FACTOR == {"output": 2.0, "gradient": 3.0}
     h, d, _, _ = CASES["mixed depth"]
