@@ -215,6 +215,21 @@ def test_half_precision_gradients(dtype):
         assert (fast - ref).norm() <= 3e-2 * ref.norm()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+def test_single_children_have_no_score_gradient(dtype):
+    """A family of one child passes everything to it: ``y = v`` whatever ``q`` and ``k``, so
+    ``dq = dk = 0`` exactly at any scale. The two terms of the score gradient must cancel
+    exactly (``D(B)`` summed from the tile's own products); summed apart, their rounding came
+    back multiplied by the scale."""
+    h = Hierarchy.from_parents([2, 3, -1, 4, -1], 2)  # a leaf under a family; under a chain
+    q, k, v = _qkv(13, h.num_leaves, d_k=8, d_v=5, batch=(2,), dtype=torch.float64)
+    dq, dk, dv = _grads(_triton_on_device, q, k, v, h, dtype, scale=30.0)
+    assert torch.equal(dq, torch.zeros_like(dq))
+    assert torch.equal(dk, torch.zeros_like(dk))
+    weight = torch.linspace(-1, 1, dv.numel(), dtype=torch.float64).view_as(dv)
+    torch.testing.assert_close(dv, weight.to(dtype).double(), rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- dispatch
 def test_backend_choice(monkeypatch):
     h = STRUCTURES["balanced"]

@@ -454,18 +454,25 @@ def _adjoint(GU, lse_ptr, dlt_ptr, logw_ptr, gf_ptr, glogw_ptr, sl, N, d_v,
 
 
 @triton.jit
-def _grad_logits(rows, x, a, cols, y, scale, HALF: tl.constexpr, E: tl.constexpr):
+def _grad_logits(rows, x, a, cols, y, scale, HALF: tl.constexpr, E: tl.constexpr,
+                 WHOLE_ROWS: tl.constexpr):  # fmt: skip
     """Gradient ``g`` of the loss in ``logits[B, C]`` over a tile, and ``P'``, the part of
     ``P`` in ``R(B)`` (``P`` without the diagonal of family rows):
 
     ``g = P' gP' + P (|B|/|A| gF(A) - glog mu(B) - D(B)) + [B = C] glog mu(B)``,
-    with ``gP'[B, C] = W(A) gU(B) . v_C``; also returns the diagonal mask.
+    with ``gP'[B, C] = W(A) gU(B) . v_C``; also returns the diagonal mask. ``WHOLE_ROWS``: the
+    tile holds every sibling of its rows, and ``D(B) = sum_C P' gP'`` is summed from the same
+    products, so that the two terms cancel exactly where the answer is exactly zero (one
+    child; every ``v_C`` equal); else ``D(B)`` is the down adjoint's ``W(A) gU(B) . R(B)``.
     """
     logits, diag = _logits(rows, x, cols, y, scale, HALF, E)
     prob = tl.exp(logits - a.lse[:, None])
     kept = tl.where(diag & rows.is_family[:, None], 0.0, prob)
     g_kept = a.w_a[:, None] * _mm(a.gu, tl.trans(y.v), HALF, E)
-    g = kept * g_kept + prob * (a.wgf - a.glogmu - a.d)[:, None]
+    d = a.d
+    if WHOLE_ROWS:
+        d = tl.sum(kept * g_kept, 1)
+    g = kept * g_kept + prob * (a.wgf - a.glogmu - d)[:, None]
     g += tl.where(diag, a.glogmu[:, None], 0.0)
     return g, kept, diag
 
@@ -561,7 +568,7 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
         x = _nodes(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale, TILE, E)
         a = _adjoint(GU, lse_ptr, dlt_ptr, logw_ptr, g_stats.f, glogw_ptr, sl, N, d_v, BDV,
                      TILE)  # fmt: skip
-        gl, kept, diag = _grad_logits(sl, x, a, sl, x, scale, TILE.HALF, E)
+        gl, kept, diag = _grad_logits(sl, x, a, sl, x, scale, TILE.HALF, E, True)
         g_off = tl.where(diag, 0.0, gl)  # d/d e_BC
         g_diag = tl.sum(tl.where(diag, gl, 0.0), 1)  # d/dF(B)
         gq = _mm(g_off, x.k, TILE.HALF, E)
@@ -590,7 +597,7 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
             for cc in range(TILE.NUM_CHUNKS):
                 cols = _slots(bucket, pid, cc * BR, n_fam, width, leaf_start, N, TILE)
                 y = _nodes(Q, K, V, stats, pos_ptr, cols, N, d_k, d_v, d_p, scale, TILE, E)
-                gl, kept, diag = _grad_logits(rows, x, a, cols, y, scale, TILE.HALF, E)
+                gl, kept, diag = _grad_logits(rows, x, a, cols, y, scale, TILE.HALF, E, False)
                 g_off = tl.where(diag, 0.0, gl)
                 g_diag += tl.sum(tl.where(diag, gl, 0.0), 1)
                 gq += _mm(g_off, y.k, TILE.HALF, E)
@@ -613,7 +620,7 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
                 x = _nodes(Q, K, V, stats, pos_ptr, rows, N, d_k, d_v, d_p, scale, TILE, E)
                 a = _adjoint(GU, lse_ptr, dlt_ptr, logw_ptr, g_stats.f, glogw_ptr, rows, N,
                              d_v, BDV, TILE)  # fmt: skip
-                gl, kept, diag = _grad_logits(rows, x, a, cols, y, scale, TILE.HALF, E)
+                gl, kept, diag = _grad_logits(rows, x, a, cols, y, scale, TILE.HALF, E, False)
                 g_off = tl.where(diag, 0.0, gl)
                 g_diag += tl.sum(tl.where(diag, gl, 0.0), 0)
                 gk += _mm(tl.trans(g_off), x.q, TILE.HALF, E)
