@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -29,3 +30,13 @@ torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 # Triton reads this when the kernels are defined, which hsa_fast defers until their first use.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many tiny torch operations: one thread avoids stalls when cores are shared
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

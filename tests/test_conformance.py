@@ -42,13 +42,7 @@ PORT = Capabilities(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny torch operations: one thread avoids stalls when cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # One golden case that each bug must fail (others fail too); the whole set must reject each.

@@ -22,14 +22,7 @@ from hsa_ref.golden_cases import (
 )
 from hsa_ref.tolerance import DTYPES, compare_gradients_to_reference, compare_to_reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny torch operations: one thread avoids stalls when cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ TARGETS = {"reference-float64": (hsa_reference, torch.float64)} | {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("prop", list(PROPERTIES))
