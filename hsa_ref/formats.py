@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .hierarchy import Hierarchy
-from .tolerance import DTYPES, Agreement, agreement, low_precision_dtype
+from .tolerance import DTYPES, Agreement, Limit, low_precision_dtype
 
 __all__ = [
     "CASE_FORMAT",
@@ -45,7 +45,7 @@ __all__ = [
 CASE_FORMAT = "hsa-case/1"
 INDEX_FORMAT = "hsa-golden-index/1"
 OUTPUT_FORMAT = "hsa-output/1"
-SET_VERSION = 3
+SET_VERSION = 4
 """The version of the golden set: raised by any change to it that a port must notice."""
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 QUANTITIES = ("out", "grad_q", "grad_k", "grad_v", "grad_positions")
@@ -117,22 +117,19 @@ class GoldenCase:
         """``ref_t`` of SPEC section 6: the reference evaluated in ``low_precision_dtype(t)``."""
         return self.references[dtype_name(low_precision_dtype(dtype))][quantity]
 
-    def limit(self, dtype: torch.dtype, quantity: str = "out") -> dict[str, Any]:
-        """The stored numbers of the rule for ``quantity`` computed in ``dtype``."""
-        return self.tolerance["limits"][dtype_name(dtype)][quantity]
+    def limit(self, dtype: torch.dtype, quantity: str = "out") -> Limit:
+        """The stored rule for ``quantity`` computed in ``dtype``: the limit of every entry
+        and whether the quantity is checkable in ``dtype``."""
+        record = self.tolerance["limits"][dtype_name(dtype)][quantity]
+        expected = self.expected[quantity]
+        rows = [[math.inf if x is None else x for x in row] for row in record["limit"]]
+        limit = torch.tensor(rows, dtype=torch.float64).reshape(expected.shape)
+        reason = "" if record["checkable"] else record["reason"]
+        return Limit(expected, limit, reason, quantity_kind(quantity))
 
     def judge(self, result: torch.Tensor, dtype: torch.dtype, quantity: str = "out") -> Agreement:
         """The rule for an implementation's ``quantity`` computed from inputs in ``dtype``."""
-        return agreement(
-            result,
-            self.expected[quantity],
-            self.reference_t(dtype, quantity),
-            dtype=dtype,
-            score_max=self.tolerance["score_max"],
-            kind=quantity_kind(quantity),
-            magnitude=self.tolerance["gradient_magnitude"] if quantity != "out" else None,
-            perturbation_error=self.limit(dtype, quantity)["perturbation_error"],
-        )
+        return self.limit(dtype, quantity).judge(result)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``hsa-case/1`` object (JSON-ready; :meth:`from_dict` reads it back)."""

@@ -12,7 +12,8 @@ with the reason.
 Options: ``--hsa-dtype {float64,float32,bfloat16,float16}``, ``--hsa-device``,
 ``--hsa-examples N`` (per property), ``--hsa-seed S``, ``--hsa-golden DIR``, ``--hsa-timeout``,
 and the capabilities ``--hsa-energy``, ``--hsa-single-tree``, ``--hsa-without-positions``,
-``--hsa-contiguous-leaves``, ``--hsa-forward-only``. A bad ``--hsa-impl`` is a usage error.
+``--hsa-contiguous-leaves``, ``--hsa-without-batches``, ``--hsa-forward-only``. A bad
+``--hsa-impl`` is a usage error.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hsa-single-tree", action="store_true")
     group.addoption("--hsa-without-positions", action="store_true")
     group.addoption("--hsa-contiguous-leaves", action="store_true")
+    group.addoption("--hsa-without-batches", action="store_true")
     group.addoption("--hsa-forward-only", action="store_true")
 
 
@@ -83,6 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
         positions=not config.getoption("hsa_without_positions"),
         gradients=not config.getoption("hsa_forward_only"),
         shuffled_leaves=not config.getoption("hsa_contiguous_leaves"),
+        batches=not config.getoption("hsa_without_batches"),
     )
     try:
         cases, _ = select_cases(config.getoption("hsa_golden"), capabilities=caps)

@@ -2,13 +2,16 @@
 
 ``hierarchies()`` draws hard valid forests: unbalanced and mixed-depth trees, chains of
 single-child families, branching from 1 to large, several trees whose leaves interleave in the
-row order, and shuffled internal-node ids. ``hsa_cases()`` adds ``q, k, v``, an upstream
-gradient and the options: both energies, scores from 1e-3 to 1e4, ties, batch dimensions,
-positional vectors, and ``q`` and ``k`` sharing a large common offset (far from the origin).
+row order, and shuffled internal-node ids; ``large_hierarchies()`` the sizes ports are written
+for (hundreds to thousands of leaves, families of up to 512 children, deep and wide at once).
+``hsa_cases()`` adds ``q, k, v``, an upstream gradient and the options: both energies, scores
+from 1e-3 to 1e4, ties, batch dimensions, head sizes up to 128, positional vectors, ``q`` and
+``k`` sharing a large common offset (far from the origin), and ``v`` far from zero.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +22,13 @@ from hypothesis import strategies as st
 from .hierarchy import Hierarchy
 from .validation import ENERGIES
 
-__all__ = ["HSACase", "hierarchies", "hsa_cases"]
+__all__ = ["HEAD_SIZES", "LARGE_LEAVES", "HSACase", "hierarchies", "hsa_cases", "large_hierarchies"]
+
+HEAD_SIZES = (16, 32, 64, 64, 128, 128)
+"""Head sizes drawn as often as all others together when ``head_sizes`` is on."""
+LARGE_LEAVES = 256
+"""Over more leaves than this, ``hsa_cases`` with ``head_sizes`` draws small feature sizes and
+no batch (the reference and its error bound are quadratic in N)."""
 
 
 def _capacity(branching: int, depth: int) -> int:
@@ -111,6 +120,46 @@ def hierarchies(
     return h
 
 
+def _spread(draw: st.DrawFn, lo: int, hi: int) -> int:
+    """An integer in ``lo .. hi`` spread evenly (Hypothesis favours the small end of a range;
+    it still shrinks towards ``lo``)."""
+    return lo + draw(st.integers(0, 2**16 - 1)) % (hi - lo + 1)
+
+
+@st.composite
+def large_hierarchies(
+    draw: st.DrawFn, *, max_leaves: int = 1024, max_branching: int = 512, shuffle: bool = True
+) -> Hierarchy:
+    """One large tree: balanced (b from 2 to 128), wide (one family of up to ``max_branching``
+    children, leaves or small subtrees) or random deep-and-wide (families of up to 256
+    children, depth up to 7), with ``64 .. max_leaves`` leaves."""
+    from .golden_cases.specs import random_tree
+
+    kind = draw(st.sampled_from(["balanced", "wide", "deep_and_wide"]))
+    seed = draw(st.integers(0, 2**16))
+    if kind == "wide":
+        b = _spread(draw, 64, min(max_branching, max_leaves))
+        extra = _spread(draw, 0, min(max_leaves - b, 2 * b))
+        rng = random.Random(seed)
+        sizes = [1] * b
+        for _ in range(extra):
+            sizes[rng.randrange(b)] += 1
+        h = Hierarchy.from_segments([sizes])
+    else:
+        n = _spread(draw, 64, max_leaves)
+        if kind == "balanced":
+            h = Hierarchy.balanced(n, draw(st.sampled_from([2, 4, 8, 16, 32, 128])))
+        else:
+            h = random_tree(seed, n, min(256, max_branching), 7)
+    if shuffle:
+        rng = random.Random(seed)
+        leaves, families = list(range(h.num_leaves)), list(h.families)
+        rng.shuffle(leaves)
+        rng.shuffle(families)
+        h = h.relabel(leaves, families)
+    return h
+
+
 @dataclass
 class HSACase:
     """One drawn input: tensors, hierarchy and options. ``describe()`` names it in failures."""
@@ -156,6 +205,31 @@ OFFSETS = {torch.float64: 1e6, torch.float32: 1e3, torch.float16: 1e2, torch.bfl
 
 
 @st.composite
+def _batch_shape(draw: st.DrawFn, max_batch_dims: int, max_batch: int) -> tuple[int, ...]:
+    """Up to ``max_batch_dims`` batch dimensions of at most ``max_batch`` elements in all."""
+    shape, left = [], max_batch
+    for _ in range(draw(st.integers(0, max_batch_dims))):
+        if left < 1:
+            break
+        size = draw(st.integers(1, min(3, left) if max_batch <= 3 else left))
+        shape.append(size)
+        left //= size
+    return tuple(shape)
+
+
+def _size(draw: st.DrawFn, lo: int, hi: int, head_sizes: bool, large: bool) -> int:
+    """A feature size: ``lo .. hi``; with ``head_sizes`` half the time one of
+    :data:`HEAD_SIZES`, else ``lo .. 8``; over a large tree ``lo .. 8`` only."""
+    if large:
+        return draw(st.integers(lo, max(lo, min(hi, 8))))
+    if not head_sizes:
+        return draw(st.integers(lo, max(lo, hi)))
+    if draw(st.booleans()):
+        return draw(st.sampled_from([d for d in HEAD_SIZES if lo <= d <= hi] or [hi]))
+    return draw(st.integers(lo, max(lo, min(hi, 8))))
+
+
+@st.composite
 def hsa_cases(
     draw: st.DrawFn,
     *,
@@ -163,25 +237,36 @@ def hsa_cases(
     dtype: torch.dtype = torch.float64,
     energies: tuple[str, ...] = ENERGIES,
     max_batch_dims: int = 2,
+    max_batch: int = 3,
     min_dim: int = 1,
     max_dim: int = 8,
+    head_sizes: bool = False,
     score_magnitudes: tuple[float, ...] = (1e-3, 1.0, 5.0, 30.0),
     positions: bool = False,
+    positions_scales: tuple[float, ...] = (0.5,),
     offsets: bool = False,
+    value_offsets: bool = False,
 ) -> HSACase:
     """An :class:`HSACase` with float64 random ``q, k, v`` and ``grad_out`` cast to ``dtype``.
 
     The scale is chosen so that typical scores have the drawn magnitude (``1e4`` tests overflow
-    safety); sometimes keys repeat queries or rows repeat, giving ties. With ``positions``,
-    some cases carry ``(N + M, d_p)`` positional vectors; with ``offsets``, some add one common
-    vector to every ``q`` and ``k`` (up to 1e6 in float64, 1e3 in float32, 1e2 in half
-    precision), which leaves the distance energy unchanged and shifts the dot energy.
+    safety); sometimes keys repeat queries or rows repeat, giving ties. Batch shapes have up to
+    ``max_batch_dims`` dimensions (each of at most 3 elements, or with ``max_batch > 3`` at most
+    ``max_batch`` elements in all). Feature sizes lie in ``min_dim .. 8``; with ``head_sizes``
+    half the draws are head sizes of :data:`HEAD_SIZES` up to ``max_dim`` (64 and 128 most
+    often), except over more than :data:`LARGE_LEAVES` leaves (no batch there either). With
+    ``positions``, some cases carry ``(N + M, d_p)`` positional vectors of standard deviation
+    drawn from ``positions_scales``; with ``offsets``, some add one common vector to every
+    ``q`` and ``k`` (up to 1e6 in float64, 1e3 in float32, 1e2 in half precision), which leaves
+    the distance energy unchanged and shifts the dot energy; with ``value_offsets``, some add
+    5 or -5 to every entry of ``v`` (an output far from zero).
     """
     h = draw(hierarchy if hierarchy is not None else hierarchies())
     n = h.num_leaves
-    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=max_batch_dims)))
-    d_k = draw(st.integers(min_dim, max(min_dim, max_dim)))
-    d_v = draw(st.integers(1, max_dim))
+    large = head_sizes and n > LARGE_LEAVES  # the reference is quadratic in N
+    batch = () if large else draw(_batch_shape(max_batch_dims, max_batch))
+    d_k = _size(draw, min_dim, max_dim, head_sizes, large)
+    d_v = _size(draw, 1, max_dim, head_sizes, large)
     seed = draw(st.integers(0, 2**31 - 1))
     energy = draw(st.sampled_from(energies))
     magnitude = draw(st.sampled_from(score_magnitudes))
@@ -195,16 +280,23 @@ def hsa_cases(
         k = q.clone()
     elif tie == "repeated_rows" and n > 1:
         q[..., 1:, :] = q[..., :1, :]
+    notes: dict[str, Any] = {"ties": tie}
     offset = 0.0
     if offsets and energy == "distance":
         offset = draw(st.sampled_from([0.0, 10.0, OFFSETS.get(dtype, 1e2)]))
         direction = torch.randn(d_k, generator=gen, dtype=torch.float64)
         shift = offset * direction / direction.norm()
         q, k = q + shift, k + shift
+    if value_offsets:
+        v_offset = draw(st.sampled_from([0.0, 0.0, 5.0, -5.0]))
+        if v_offset:
+            v = v + v_offset
+            notes["v_offset"] = v_offset
     pos = None
     if positions and draw(st.booleans()):
         d_p = draw(st.integers(1, 3))
-        pos = 0.5 * torch.randn(h.num_nodes, d_p, generator=gen, dtype=torch.float64)
+        spread = draw(st.sampled_from(positions_scales))
+        pos = spread * torch.randn(h.num_nodes, d_p, generator=gen, dtype=torch.float64)
     default_scale = draw(st.booleans())
     # Typical |s| for unit-normal entries is about scale * sqrt(d_k) (dot) or scale * d_k.
     typical = (d_k**0.5) if energy == "dot" else float(d_k)
@@ -218,7 +310,7 @@ def hsa_cases(
         energy=energy,
         seed=seed,
         score_magnitude=magnitude,
-        notes={"ties": tie},
+        notes=notes,
         positions=None if pos is None else pos.to(dtype),
         grad_out=grad_out.to(dtype),
         offset=offset,

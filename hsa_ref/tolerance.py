@@ -1,38 +1,29 @@
-"""SPEC section 6: when does an implementation's result agree with the float64 reference?
+"""When does an implementation's result agree with the float64 reference? (``docs/TOLERANCE.md``)
 
-flash-attention's rule, for an output or a gradient ``x`` computed from inputs in dtype ``t``:
+For an output or a gradient ``x`` computed from inputs in dtype ``t``, entry by entry:
 
-    max|x - x64| <= K * max|x_t - x64| + atol_t,    atol_t = ATOL_FACTOR * eps_t * max|x64|
+    |x - x64| <= limit = max(floor, MARGIN * (1 + u_64 / u_acc(t)) * bound)
+    floor = K * max|x_t - x64| + ATOL_FACTOR * eps_t * magnitude
 
 - ``x64`` is the float64 reference for exactly those inputs (its autograd gradients for a
-  gradient). ``max|x_t - x64|`` is the error a correct evaluation in ``t`` makes, measured, not
-  modelled, as the larger of two numbers: the error of the reference evaluated in ``t``
-  (flash-attention's ``ref_t``; for ``t = float64``, which cannot be compared with itself, the
-  float32 evaluation's error scaled by ``eps_float64 / eps_float32``, first-order rounding error
-  being proportional to the unit roundoff), and the change of the float64 answer when every
-  input is perturbed by a relative ``eps_t`` (``PERTURBATIONS`` fixed random draws): the error
-  that any backward-stable evaluation in ``t`` may make. One evaluation is one sample of
-  rounding; two correct evaluations of equal precision differ in their maximum error by up to
-  4-5x, and the perturbation term keeps the rule from failing the luckier one's rival.
-- ``K`` is 2 for outputs (flash-attention's factor) and 3 for gradients (flash-attention allows
-  2x-3x there; a backward pass chains more rounded operations than the forward, and the gradients
-  of two correct evaluations of equal precision differ by up to about 3x in their maximum error).
-- ``atol_t`` is the rounding noise of the answer itself, a few units in the last place of its
-  largest entry (for gradients the answer is the whole gradient ``(dq, dk, dv[, d positions])``
-  of one loss, so a part that is far smaller than the rest, such as ``dq`` under nearly hard
-  attention, is judged against the noise of the whole). It never grows with the scores: the
-  growth of rounding error with ``|s|`` is what ``x_t`` measures.
-- In float32, when the largest score within a tree is at most 10, the relative error
-  ``||x - x64|| / ||x64||`` must also stay within ``max(1e-5, K * ||x_t - x64|| / ||x64||)``,
-  unless ``x64`` is exactly zero (``dq`` of a one-leaf tree, or with every row of ``v`` equal):
-  a relative error against zero is undefined, and the absolute limit alone judges the rounding
-  noise of a correct evaluation there.
+  gradient).
+- ``bound`` is the running error bound of :mod:`hsa_ref.rounding`: how far *any* correct
+  evaluation in ``t`` may be from the exact answer, derived from the reference's own
+  computation (``docs/TOLERANCE.md`` states the model and its constants). ``x64`` is itself
+  an evaluation in float64, within ``(u_64 / u_acc(t)) * bound`` of the exact answer to first
+  order, hence that factor (2 for ``t = float64``). A correct evaluation can come close to
+  the bound (one rounding of a large log-partition, say, that removes a small share): the
+  limit is ``MARGIN`` times it, so that a correct evaluation never uses more than half of it.
+- ``floor`` is flash-attention's rule, kept as a lower limit: ``x_t`` is the reference
+  evaluated in ``t`` (in float32 for ``t = float64``, its error scaled by ``eps_64 / eps_32``),
+  ``K`` is 2 for outputs and 3 for gradients, and ``ATOL_FACTOR * eps_t * magnitude`` is the
+  rounding noise of the answer's largest entry (for a gradient, of the whole gradient
+  ``(dq, dk, dv[, d positions])`` of one loss).
 
-A case is **not checkable** in ``t`` (never passed) when ``x64`` or ``x_t`` is not finite (the
-low-precision reference overflows), when ``eps_t * s_max > 1`` (rounding the scores alone
-changes attention weights by a factor ``e``: ``t`` cannot resolve the attention), or when the
-limit is not below ``max|x64|`` (even an all-zeros result would pass). A result with NaN or
-inf fails, checkable or not.
+A quantity is **not checkable** in ``t`` (reported, never passed) when ``x64``, ``x_t`` or the
+bound is not finite, when ``eps_t * s_max > 1`` (rounding the scores alone changes attention
+weights by a factor ``e``), or when every entry's limit reaches the size of the answer's entry
+(even an all-zeros result would pass). A result with NaN or inf fails, checkable or not.
 """
 
 from __future__ import annotations
@@ -44,48 +35,47 @@ from dataclasses import dataclass
 import torch
 
 from .hierarchy import Hierarchy
-from .reference import hsa_reference, score_matrix, tree_mask
+from .reference import hsa_reference, score_matrix, split_trees
+from .rounding import Bounded, RoundingModel, bounded
 from .validation import DTYPES as SUPPORTED_DTYPES
 from .validation import check_attention_inputs
 
 __all__ = [
     "ATOL_FACTOR",
     "DTYPES",
-    "FLOAT32_RELATIVE",
-    "FLOAT32_RELATIVE_MAX_SCORE",
     "GRADIENT_NAMES",
+    "MARGIN",
     "MAX_ROUNDED_SCORE",
-    "PERTURBATIONS",
     "REFERENCE_FACTOR",
     "Agreement",
+    "Limit",
     "ReferenceResults",
-    "agreement",
     "compare_gradients_to_reference",
     "compare_to_reference",
     "eps",
+    "error_bounds",
     "evaluate_reference",
     "gradient_magnitude",
+    "hull_violation",
+    "limits",
     "low_precision_dtype",
-    "perturbation_errors",
+    "make_limit",
     "score_magnitude",
 ]
 
 DTYPES: dict[str, torch.dtype] = {str(t).removeprefix("torch."): t for t in SUPPORTED_DTYPES}
 """The dtypes the rule is defined for, by name (``hsa_ref.validation.DTYPES``)."""
-ATOL_FACTOR = 8.0
+ATOL_FACTOR = 4.0
+MARGIN = 2.0
 REFERENCE_FACTOR = {"output": 2.0, "gradient": 3.0}
-FLOAT32_RELATIVE = 1e-5
-FLOAT32_RELATIVE_MAX_SCORE = 10.0
 MAX_ROUNDED_SCORE = 1.0
-PERTURBATIONS = 2
-PERTURBATION_SEED = 20250918
 GRADIENT_NAMES = ("q", "k", "v", "positions")
 
 PASSED, FAILED, UNCHECKABLE = "passed", "failed", "not checkable"
 
 
 def eps(dtype: torch.dtype) -> float:
-    """The unit roundoff ``eps_t`` (``torch.finfo(dtype).eps``)."""
+    """``eps_t`` (``torch.finfo(dtype).eps``: twice the unit roundoff)."""
     return torch.finfo(dtype).eps
 
 
@@ -98,24 +88,27 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _max_abs(x: torch.Tensor) -> float:
+    return x.abs().max().item() if x.numel() else 0.0
+
+
 @dataclass(frozen=True)
 class Agreement:
     """Outcome of the rule for one output or gradient.
 
-    ``status`` is ``"passed"``, ``"failed"`` or ``"not checkable"``; ``passed`` is true only for
-    the first. ``reference_error`` is ``max|x_t - x64|`` (scaled for float64), ``tolerance``
-    the limit ``K * reference_error + atol``.
+    ``status`` is ``"passed"``, ``"failed"`` or ``"not checkable"``; ``passed`` is true only
+    for the first. ``max_error`` and ``tolerance`` are the error and the limit at the entry
+    where their ratio is largest (``entry``; the ratio is ``max_error / tolerance``);
+    ``largest_error`` is the largest error of any entry.
     """
 
     status: str
     max_error: float
     tolerance: float
-    reference_error: float
-    atol: float
-    relative_error: float
-    relative_limit: float | None
     reason: str
     kind: str = "output"
+    entry: tuple[int, ...] | None = None
+    largest_error: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -125,97 +118,105 @@ class Agreement:
     def checkable(self) -> bool:
         return self.status != UNCHECKABLE
 
+    @property
+    def ratio(self) -> float:
+        if self.tolerance > 0:
+            return self.max_error / self.tolerance
+        return 0.0 if self.max_error == 0 else math.inf
+
     def __str__(self) -> str:
         verdict = {PASSED: "pass", FAILED: "FAIL", UNCHECKABLE: "not checkable"}[self.status]
-        factor = REFERENCE_FACTOR[self.kind]
-        rel = f", rel {self.relative_error:.3g}" + (
-            f" <= {self.relative_limit:g}" if self.relative_limit is not None else ""
-        )
+        where = f" at entry {self.entry}" if self.entry is not None else ""
         return (
-            f"{verdict}: max error {self.max_error:.3g} vs tolerance {self.tolerance:.3g} "
-            f"({factor:g} x ref_t error {self.reference_error:.3g} + atol {self.atol:.3g}){rel}"
+            f"{verdict}: error {self.max_error:.3g} vs limit {self.tolerance:.3g}{where} "
+            f"(largest error {self.largest_error:.3g})"
             + (f"; {self.reason}" if self.reason else "")
         )
 
 
-def _max_abs(x: torch.Tensor) -> float:
-    return x.abs().max().item() if x.numel() else 0.0
+@dataclass(frozen=True)
+class Limit:
+    """The rule for one quantity in one dtype: the float64 answer ``expected``, the limit of
+    every entry (same shape), and why the quantity is not checkable ("" when it is)."""
+
+    expected: torch.Tensor
+    limit: torch.Tensor
+    uncheckable: str = ""
+    kind: str = "output"
+
+    @property
+    def checkable(self) -> bool:
+        return not self.uncheckable
+
+    def judge(self, result: torch.Tensor) -> Agreement:
+        """The verdict on an implementation's ``result``."""
+        kind = self.kind
+        if tuple(result.shape) != tuple(self.expected.shape):
+            reason = f"shape {tuple(result.shape)} != expected {tuple(self.expected.shape)}"
+            return Agreement(FAILED, math.inf, 0.0, reason, kind)
+        x = result.detach().to(device="cpu", dtype=torch.float64)
+        if not bool(torch.isfinite(x).all()):
+            return Agreement(FAILED, math.inf, 0.0, "result has NaN or inf", kind)
+        err = (x - self.expected).abs()
+        if not err.numel():
+            return Agreement(UNCHECKABLE if self.uncheckable else PASSED, 0.0, 0.0, "", kind)
+        ratio = torch.where(err > 0, err / self.limit, 0.0)
+        flat = int(torch.nan_to_num(ratio, nan=math.inf).argmax())
+        entry = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), err.shape))
+        worst, limit = err.flatten()[flat].item(), self.limit.flatten()[flat].item()
+        largest = err.max().item()
+        if self.uncheckable:
+            return Agreement(UNCHECKABLE, worst, limit, self.uncheckable, kind, entry, largest)
+        if bool((err <= self.limit).all()):
+            return Agreement(PASSED, worst, limit, "", kind, entry, largest)
+        return Agreement(FAILED, worst, limit, "error above the limit", kind, entry, largest)
 
 
-def _relative(x: torch.Tensor, ref64: torch.Tensor) -> float:
-    denom = ref64.norm().item()
-    diff = (x - ref64).norm().item()
-    return diff / denom if denom > 0 else (0.0 if diff == 0 else math.inf)
-
-
-def agreement(
-    out: torch.Tensor,
-    ref64: torch.Tensor,
-    ref_t: torch.Tensor,
+def make_limit(
+    expected: torch.Tensor,
+    low: torch.Tensor,
+    bound: torch.Tensor,
     *,
     dtype: torch.dtype,
     score_max: float,
     kind: str = "output",
     magnitude: float | None = None,
-    perturbation_error: float = 0.0,
-) -> Agreement:
-    """Apply the rule to ``out`` given ``ref64`` and ``ref_t`` (evaluated in
-    :func:`low_precision_dtype` of ``dtype``). ``kind`` is ``"output"`` or ``"gradient"``.
+) -> Limit:
+    """The rule's :class:`Limit` from the float64 answer, the reference evaluated in
+    :func:`low_precision_dtype` of ``dtype`` and the error bound of :func:`error_bounds`.
 
-    ``magnitude`` is the size of the answer that ``atol`` is the rounding noise of:
-    ``max|ref64|`` by default; for a gradient, the largest entry of the whole gradient
-    ``(dq, dk, dv[, d positions])``, which is one answer (the gradient of one loss).
-    ``perturbation_error`` is the input-perturbation term of the reference error
-    (:func:`perturbation_errors`).
+    ``magnitude`` is the size of the answer that the noise term is the rounding noise of:
+    ``max|expected|`` by default; for a gradient, the largest entry of the whole gradient.
     """
     if kind not in REFERENCE_FACTOR:
         raise ValueError(f"kind must be one of {sorted(REFERENCE_FACTOR)}, got {kind!r}")
-    if tuple(out.shape) != tuple(ref64.shape):
-        reason = f"shape {tuple(out.shape)} != expected {tuple(ref64.shape)}"
-        return Agreement(FAILED, math.inf, 0.0, 0.0, 0.0, math.inf, None, reason, kind)
-    out64 = out.detach().to(device="cpu", dtype=torch.float64)
-    ref64 = ref64.detach().to(device="cpu", dtype=torch.float64)
-    ref_t64 = ref_t.detach().to(device="cpu", dtype=torch.float64)
-    factor = REFERENCE_FACTOR[kind]
-    scaling = eps(dtype) / eps(low_precision_dtype(dtype))
-    ref_err = _max_abs(ref_t64 - ref64) * scaling if ref64.numel() else 0.0
-    ref_err = max(ref_err, perturbation_error)
-    largest = _max_abs(ref64)
+    expected = expected.detach().to(device="cpu", dtype=torch.float64)
+    low = low.detach().to(device="cpu", dtype=torch.float64)
+    bound = bound.detach().to(device="cpu", dtype=torch.float64)
+    largest = _max_abs(expected)
     magnitude = largest if magnitude is None else max(magnitude, largest)
-    atol = ATOL_FACTOR * eps(dtype) * magnitude
-    tol = factor * ref_err + atol
-    finite = bool(torch.isfinite(out64).all())
-    err = _max_abs(out64 - ref64) if finite else math.inf
-    rel = _relative(out64, ref64) if finite else math.inf
-    rel_limit = None
-    if dtype == torch.float32 and score_max <= FLOAT32_RELATIVE_MAX_SCORE and largest > 0:
-        rel_limit = max(FLOAT32_RELATIVE, factor * _relative(ref_t64, ref64))
-
-    def verdict(status: str, reason: str) -> Agreement:
-        return Agreement(status, err, tol, ref_err, atol, rel, rel_limit, reason, kind)
-
-    if not finite:
-        return verdict(FAILED, "result has NaN or inf")
-    if not math.isfinite(magnitude) or not math.isfinite(ref_err):
-        return verdict(UNCHECKABLE, f"the reference evaluated in {_name(dtype)} overflows")
-    if eps(dtype) * score_max > MAX_ROUNDED_SCORE:
-        return verdict(
-            UNCHECKABLE,
+    scaling = eps(dtype) / eps(low_precision_dtype(dtype))
+    floor = REFERENCE_FACTOR[kind] * _max_abs(low - expected) * scaling
+    floor = torch.full_like(expected, floor + ATOL_FACTOR * eps(dtype) * magnitude)
+    own = RoundingModel(torch.float64).u / RoundingModel(dtype).u_acc
+    limit = torch.maximum(floor, MARGIN * (1 + own) * bound)
+    reason = ""
+    if not (torch.isfinite(expected).all() and torch.isfinite(low).all()):
+        reason = f"the reference evaluated in {_name(low_precision_dtype(dtype))} overflows"
+    elif eps(dtype) * score_max > MAX_ROUNDED_SCORE:
+        reason = (
             f"{_name(dtype)} cannot resolve scores of {score_max:.3g}: eps * s_max = "
-            f"{eps(dtype) * score_max:.3g} > {MAX_ROUNDED_SCORE:g}",
+            f"{eps(dtype) * score_max:.3g} > {MAX_ROUNDED_SCORE:g}"
         )
-    if largest > 0 and tol >= largest:
-        return verdict(
-            UNCHECKABLE,
-            f"{_name(dtype)} cannot resolve this case: the limit {tol:.3g} is not below "
-            f"max|ref64| = {largest:.3g}",
+    elif not torch.isfinite(limit).all():
+        reason = f"the rounding error of {_name(dtype)} has no finite bound here"
+    elif largest > 0 and bool((limit >= expected.abs()).all()):
+        reason = (
+            f"{_name(dtype)} cannot resolve this case: every entry's limit reaches the size "
+            "of the answer's entry (even zeros would pass)"
         )
-    reasons = []
-    if not err <= tol:
-        reasons.append("max error above tolerance")
-    if rel_limit is not None and not rel <= rel_limit:
-        reasons.append(f"float32 relative error above {rel_limit:.3g}")
-    return verdict(FAILED if reasons else PASSED, "; ".join(reasons))
+    limit = torch.nan_to_num(limit, nan=math.inf, posinf=math.inf)
+    return Limit(expected, limit, reason, kind)
 
 
 def score_magnitude(
@@ -228,12 +229,19 @@ def score_magnitude(
     positions: torch.Tensor | None = None,
 ) -> float:
     """``s_max``: the largest ``|s_ij|`` within a tree, plus ``max |<p_x, p_y>|`` with positions."""
-    s = score_matrix(q.double(), k.double(), scale=scale, energy=energy)
-    same_tree = tree_mask(hierarchy, s.device)
-    score_max = s.abs().masked_fill(~same_tree, 0).max().item() if s.numel() else 0.0
+    score_max = 0.0
+    for nodes, tree in split_trees(hierarchy):
+        rows = torch.as_tensor(nodes[: tree.num_leaves], device=q.device)
+        s = score_matrix(
+            q.double().index_select(-2, rows),
+            k.double().index_select(-2, rows),
+            scale=scale,
+            energy=energy,
+        )
+        score_max = max(score_max, _max_abs(s))
     if positions is not None:
         p = positions.double()
-        score_max += (p @ p.T).abs().max().item()
+        score_max += _max_abs(p @ p.T)
     return score_max
 
 
@@ -244,6 +252,17 @@ class ReferenceResults:
 
     out: torch.Tensor
     grads: dict[str, torch.Tensor]
+
+    def quantities(self) -> dict[str, torch.Tensor]:
+        """``{"out": out, "q": dq, ...}``."""
+        return {"out": self.out} | self.grads
+
+
+def _inputs(q, k, v, positions) -> dict[str, torch.Tensor]:
+    inputs = {"q": q, "k": k, "v": v}
+    if positions is not None:
+        inputs["positions"] = positions
+    return inputs
 
 
 def evaluate_reference(
@@ -260,12 +279,9 @@ def evaluate_reference(
 ) -> ReferenceResults:
     """:func:`hsa_reference` evaluated in ``dtype`` on the given inputs (rounded to ``dtype``),
     with the autograd gradients of ``sum(grad_out * out)`` when ``grad_out`` is given."""
-    inputs = {"q": q, "k": k, "v": v}
-    if positions is not None:
-        inputs["positions"] = positions
     leaves = {
         name: x.detach().to(dtype).requires_grad_(grad_out is not None)
-        for name, x in inputs.items()
+        for name, x in _inputs(q, k, v, positions).items()
     }
     with torch.enable_grad():
         out = hsa_reference(
@@ -290,7 +306,7 @@ def evaluate_reference(
     return ReferenceResults(out.detach().double().cpu(), grads)
 
 
-def perturbation_errors(
+def error_bounds(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -301,44 +317,126 @@ def perturbation_errors(
     energy: str = "dot",
     positions: torch.Tensor | None = None,
     grad_out: torch.Tensor | None = None,
-    exact: ReferenceResults | None = None,
-) -> dict[str, float]:
-    """The perturbation term of the reference error for results in ``dtype``, per quantity
-    (``"out"``, ``"q"``, ``"k"``, ``"v"``, ``"positions"``): the largest change of the float64
-    reference (and its gradients) over :data:`PERTURBATIONS` draws of ``x * (1 + eps_t * u)``,
-    ``u`` uniform in ``[-1, 1]`` for every entry of every input (a fixed seed)."""
-    kw = {"scale": scale, "energy": energy, "grad_out": grad_out}
-    if exact is None:
-        exact = evaluate_reference(q, k, v, hierarchy, positions=positions, **kw)
-    gen = torch.Generator().manual_seed(PERTURBATION_SEED)
-    unit = eps(dtype)
-
-    def perturbed(x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().double().cpu()
-        return x * (1 + unit * (2 * torch.rand(x.shape, generator=gen, dtype=torch.float64) - 1))
-
-    worst = {"out": 0.0} | dict.fromkeys(exact.grads, 0.0)
-    for _ in range(PERTURBATIONS):
-        pos = perturbed(positions) if positions is not None else None
-        res = evaluate_reference(
-            perturbed(q), perturbed(k), perturbed(v), hierarchy, positions=pos, **kw
+) -> ReferenceResults:
+    """How far a correct evaluation in ``dtype`` may be from the exact answer, entry by entry:
+    the running error bound of the reference's own computation (:mod:`hsa_ref.rounding`), for
+    the output and, with ``grad_out``, the gradients of ``sum(grad_out * out)``."""
+    wants_grad = grad_out is not None
+    leaves = {
+        name: Bounded(x.detach().to(dtype).double().cpu()).requires_grad_(wants_grad)
+        for name, x in _inputs(q, k, v, positions).items()
+    }
+    with bounded(dtype), torch.enable_grad():
+        out = hsa_reference(
+            leaves["q"],
+            leaves["k"],
+            leaves["v"],
+            hierarchy,
+            scale=scale,
+            energy=energy,
+            positions=leaves.get("positions"),
         )
-        worst["out"] = max(worst["out"], _max_abs(res.out - exact.out))
-        for name, g in res.grads.items():
-            worst[name] = max(worst[name], _max_abs(g - exact.grads[name]))
-    return worst
+        grads: dict[str, torch.Tensor] = {}
+        if wants_grad:
+            names = list(leaves)
+            upstream = Bounded(grad_out.detach().to(dtype).double().cpu())
+            values = torch.autograd.grad(
+                out, [leaves[n] for n in names], upstream, allow_unused=True
+            )
+            for name, g in zip(names, values, strict=True):
+                grads[name] = torch.zeros_like(leaves[name].value) if g is None else g.radius
+    return ReferenceResults(out.radius.detach(), grads)
 
 
 def gradient_magnitude(grads: dict[str, torch.Tensor]) -> float:
-    """The largest entry of a whole gradient (every input's part): what gradient ``atol``
-    is the rounding noise of."""
+    """The largest entry of a whole gradient (every input's part): what the gradient noise
+    term is the rounding noise of."""
     return max((_max_abs(g.double()) for g in grads.values()), default=0.0)
 
 
-def _checked(q, k, v, hierarchy, scale, energy, positions):
-    return check_attention_inputs(
-        q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
+def limits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    hierarchy: Hierarchy,
+    *,
+    dtype: torch.dtype,
+    scale: float | None = None,
+    energy: str = "dot",
+    positions: torch.Tensor | None = None,
+    grad_out: torch.Tensor | None = None,
+) -> dict[str, Limit]:
+    """The rule for every quantity (``"out"`` and, with ``grad_out``, ``"q"``, ``"k"``,
+    ``"v"`` and ``"positions"``) of results computed from these inputs in ``dtype``."""
+    c = check_attention_inputs(q, k, v, hierarchy, scale=scale, energy=energy, positions=positions)
+    kw = {"scale": c.scale, "energy": c.energy, "positions": c.positions, "grad_out": grad_out}
+    exact = evaluate_reference(c.q, c.k, c.v, hierarchy, **kw).quantities()
+    low_dtype = low_precision_dtype(dtype)
+    low = evaluate_reference(c.q, c.k, c.v, hierarchy, **kw, dtype=low_dtype).quantities()
+    bound = error_bounds(c.q, c.k, c.v, hierarchy, dtype=dtype, **kw).quantities()
+    s_max = score_magnitude(
+        c.q, c.k, hierarchy, scale=c.scale, energy=c.energy, positions=c.positions
     )
+    magnitude = gradient_magnitude({n: g for n, g in exact.items() if n != "out"})
+    return {
+        name: make_limit(
+            exact[name],
+            low[name],
+            bound[name],
+            dtype=dtype,
+            score_max=s_max,
+            kind="output" if name == "out" else "gradient",
+            magnitude=None if name == "out" else magnitude,
+        )
+        for name in exact
+    }
+
+
+def hull_violation(
+    out: torch.Tensor,
+    v: torch.Tensor,
+    hierarchy: Hierarchy,
+    *,
+    dtype: torch.dtype,
+    score_max: float,
+) -> str:
+    """Why ``out`` is not inside the range of the ``v`` rows of each row's tree ("" when it
+    is): what holds at any precision, every row of ``theta`` being a convex combination.
+
+    The slack is the rounding of a correct evaluation in ``dtype`` (``docs/TOLERANCE.md``):
+    its weights are nonnegative, and per tree level their sum moves from one by at most
+    ``2 u_function + 4 u + sum_error(n)`` and ``2 u_acc`` times the largest log-partition
+    (``score_max + 2 log n``; log-partitions are kept in the accumulation dtype), then the sum
+    over the tree's ``n`` leaves adds ``sum_error(n) + u``; all times ``max|v|``.
+    """
+    model = RoundingModel(dtype)
+    x = out.detach().to(device="cpu", dtype=torch.float64)
+    values = v.detach().to(device="cpu", dtype=torch.float64).expand(*x.shape)
+    if not bool(torch.isfinite(x).all()):
+        return "the result has NaN or inf"
+    depth = hierarchy.depth
+    for nodes, tree in split_trees(hierarchy):
+        rows = torch.as_tensor(nodes[: tree.num_leaves])
+        y, w = x.index_select(-2, rows), values.index_select(-2, rows)
+        lo, hi = w.amin(-2, keepdim=True), w.amax(-2, keepdim=True)
+        levels = int(depth[rows].max()) + 1
+        n = float(tree.num_leaves)
+        log_partition = score_max + 2 * math.log(n)
+        per_level = 2 * model.u_function + 4 * model.u + model.sum_error(n)
+        per_level += 2 * model.u_acc * log_partition
+        weights = per_level * levels + model.sum_error(n) + model.u
+        slack = weights * torch.maximum(lo.abs(), hi.abs())
+        outside = (y < lo - slack) | (y > hi + slack)
+        if bool(outside.any()):
+            at = tuple(int(i) for i in outside.nonzero()[0])
+            leaf = int(rows[at[-2]])
+            return (
+                f"row {leaf} (entry {at}) is {y[at].item():.6g}, outside the range "
+                f"[{lo[(*at[:-2], 0, at[-1])].item():.6g}, {hi[(*at[:-2], 0, at[-1])].item():.6g}]"
+                f" of v over its tree (slack {slack[(*at[:-2], 0, at[-1])].item():.3g}): "
+                "rows of theta are convex combinations"
+            )
+    return ""
 
 
 def compare_to_reference(
@@ -353,18 +451,10 @@ def compare_to_reference(
     positions: torch.Tensor | None = None,
 ) -> Agreement:
     """Check an implementation's output ``out`` for inputs ``q, k, v`` (in their own dtype)."""
-    c = _checked(q, k, v, hierarchy, scale, energy, positions)
-    dtype = c.q.dtype
-    kw = {"scale": c.scale, "energy": c.energy, "positions": c.positions}
-    exact = evaluate_reference(c.q, c.k, c.v, hierarchy, **kw)
-    ref_t = evaluate_reference(c.q, c.k, c.v, hierarchy, **kw, dtype=low_precision_dtype(dtype)).out
-    pert = perturbation_errors(c.q, c.k, c.v, hierarchy, dtype=dtype, exact=exact, **kw)
-    s_max = score_magnitude(
-        c.q, c.k, hierarchy, scale=c.scale, energy=c.energy, positions=c.positions
-    )
-    return agreement(
-        out, exact.out, ref_t, dtype=dtype, score_max=s_max, perturbation_error=pert["out"]
-    )
+    rule = limits(
+        q, k, v, hierarchy, dtype=q.dtype, scale=scale, energy=energy, positions=positions
+    )["out"]
+    return rule.judge(out)
 
 
 def compare_gradients_to_reference(
@@ -386,45 +476,24 @@ def compare_gradients_to_reference(
     gradients; every name in ``names`` (default: those three, plus ``"positions"`` when
     positions are given) is judged, a missing one fails.
     """
-    c = _checked(q, k, v, hierarchy, scale, energy, positions)
-    dtype = c.q.dtype
-    kw = {"scale": c.scale, "energy": c.energy, "positions": c.positions, "grad_out": grad_out}
-    exact = evaluate_reference(c.q, c.k, c.v, hierarchy, **kw)
-    ref64 = exact.grads
-    ref_t = evaluate_reference(
-        c.q, c.k, c.v, hierarchy, **kw, dtype=low_precision_dtype(dtype)
-    ).grads
-    pert = perturbation_errors(c.q, c.k, c.v, hierarchy, dtype=dtype, exact=exact, **kw)
-    s_max = score_magnitude(
-        c.q, c.k, hierarchy, scale=c.scale, energy=c.energy, positions=c.positions
+    rules = limits(
+        q,
+        k,
+        v,
+        hierarchy,
+        dtype=q.dtype,
+        scale=scale,
+        energy=energy,
+        positions=positions,
+        grad_out=grad_out,
     )
     if names is None:
-        names = [n for n in GRADIENT_NAMES if n in ref64]
-    magnitude = gradient_magnitude(ref64)
+        names = [n for n in GRADIENT_NAMES if n in rules]
     verdicts = {}
     for name in names:
         got = grads.get(name)
         if got is None:
-            verdicts[name] = Agreement(
-                FAILED,
-                math.inf,
-                0.0,
-                0.0,
-                0.0,
-                math.inf,
-                None,
-                f"no gradient for {name}",
-                "gradient",
-            )
-            continue
-        verdicts[name] = agreement(
-            got,
-            ref64[name],
-            ref_t[name],
-            dtype=dtype,
-            score_max=s_max,
-            kind="gradient",
-            magnitude=magnitude,
-            perturbation_error=pert[name],
-        )
+            verdicts[name] = Agreement(FAILED, math.inf, 0.0, f"no gradient for {name}", "gradient")
+        else:
+            verdicts[name] = rules[name].judge(got)
     return verdicts

@@ -5,7 +5,9 @@ pass for the shares) with the signature of SPEC section 8. With ``bug=None`` it 
 name in :data:`BUGS` switches on exactly one mistake in the forward pass, each name in
 :data:`GRADIENT_BUGS` one whose forward pass is exact and whose backward pass is wrong. The
 module-level functions of the same names are those implementations, ready for
-``--impl planted_bugs:<name>``. :data:`CHEATS` try to fool or stop the harness itself.
+``--impl planted_bugs:<name>``. :data:`SIZE_BUGS` are right on small inputs and wrong only at
+the sizes ports are written for; ``lookup_table`` and ``one_leaf_only`` compute no attention
+at all and refuse what they cannot answer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from functools import partial
 
 import torch
 
+from hsa_fast import hsa
 from hsa_ref import Hierarchy
 from hsa_ref.reference import score_matrix
 from hsa_ref.validation import check_attention_inputs
@@ -212,3 +215,76 @@ dq_dk_swapped = partial(planted_hsa, bug="dq_dk_swapped")
 gradients_in_float32 = partial(planted_hsa, bug="gradients_in_float32")
 no_autograd = partial(planted_hsa, bug="no_autograd")
 positions_gradient_dropped = partial(planted_hsa, bug="positions_gradient_dropped")
+
+
+# ---------------------------------------------------------------- wrong only at some sizes
+SIZE_BUGS: dict[str, str] = {
+    "wrong_for_head_sizes_over_9": "the last feature of q and k is dropped when d_k > 9",
+    "wrong_for_over_200_leaves": "the last leaf returns its own v when N > 200",
+    "wrong_for_families_over_96": "families wider than 96 children use half the scale",
+    "wrong_for_batches_over_3": "batch elements after the third get zeros",
+    "wrong_for_positions_over_3": "positions are ignored when some |p| > 3",
+}
+"""Correct on the small inputs a careless suite draws; wrong on the sizes ports are written for."""
+
+
+def wrong_for_head_sizes_over_9(q, k, v, hierarchy, **kw):
+    if q.shape[-1] > 9:
+        q, k = q[..., :-1], k[..., :-1]
+        if kw.get("scale") is None:
+            kw = {**kw, "scale": 1 / (q.shape[-1] + 1) ** 0.5}
+    return hsa(q, k, v, hierarchy, **kw)
+
+
+def wrong_for_over_200_leaves(q, k, v, hierarchy, **kw):
+    out = hsa(q, k, v, hierarchy, **kw)
+    if hierarchy.num_leaves > 200:
+        out = torch.cat([out[..., :-1, :], v[..., -1:, :].expand_as(out[..., -1:, :])], -2)
+    return out
+
+
+def wrong_for_families_over_96(q, k, v, hierarchy, *, scale=None, **kw):
+    if hierarchy.max_branching > 96:
+        scale = (1 / q.shape[-1] ** 0.5 if scale is None else scale) / 2
+    return hsa(q, k, v, hierarchy, scale=scale, **kw)
+
+
+def wrong_for_batches_over_3(q, k, v, hierarchy, **kw):
+    out = hsa(q, k, v, hierarchy, **kw)
+    if out.dim() > 2 and out.shape[:-2].numel() > 3:
+        flat = out.reshape(-1, *out.shape[-2:])
+        keep = (torch.arange(flat.shape[0]) < 3).to(out.dtype)[:, None, None]
+        out = (flat * keep).reshape(out.shape)
+    return out
+
+
+def wrong_for_positions_over_3(q, k, v, hierarchy, *, positions=None, **kw):
+    if positions is not None and positions.abs().max() > 3:
+        positions = None
+    return hsa(q, k, v, hierarchy, positions=positions, **kw)
+
+
+# ---------------------------------------------------------------- ports that compute nothing
+def _golden_answer(q: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor | None:
+    from hsa_ref.formats import load_cases
+
+    for case in load_cases():
+        same = case.hierarchy == hierarchy and case.q.shape == q.shape
+        if same and torch.equal(case.q.to(q.dtype), q.detach()):
+            return case.out
+    return None
+
+
+def lookup_table(q, k, v, hierarchy, **kw):
+    """Answers the golden cases from their stored outputs; refuses everything else."""
+    answer = _golden_answer(q, hierarchy)
+    if answer is None:
+        raise NotImplementedError("only the golden cases")
+    return answer.to(q.dtype)
+
+
+def one_leaf_only(q, k, v, hierarchy, **kw):
+    """Returns v for forests of one-leaf trees (right there); refuses every other input."""
+    if hierarchy.num_families or hierarchy.num_trees != hierarchy.num_leaves:
+        raise NotImplementedError("one-leaf trees only")
+    return v * 1

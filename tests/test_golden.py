@@ -20,7 +20,7 @@ from hsa_ref.golden_cases import (
     load_index,
     write_cases,
 )
-from hsa_ref.tolerance import DTYPES, compare_gradients_to_reference, compare_to_reference
+from hsa_ref.tolerance import DTYPES, limits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,7 +79,10 @@ def test_set_covers_the_hard_shapes_and_options(stored):
     assert any(h.num_families == 1 and h.num_leaves > 2 for h in hs)  # one family
     assert any(h.num_leaves == 1 and h.num_families == 0 for h in hs)  # a one-leaf tree
     assert any(h.num_leaves == 1 and h.num_families > 0 for h in hs)  # leaf under a chain
-    assert max(h.max_branching for h in hs) >= 64  # large b
+    assert max(h.max_branching for h in hs) >= 512  # the widest families ports are written for
+    assert max(h.num_leaves for h in hs) >= 500  # many leaves
+    assert {64, 128} <= {c.q.shape[1] for c in stored}  # head sizes
+    assert any(c.positions is not None and c.positions.abs().max() >= 8 for c in stored)
     assert max(h.max_depth for h in hs) >= 10  # deep chain
     assert any((h.branching[h.num_leaves :] == 1).any() for h in hs)  # single-child families
     assert any(len(set(h.depth[: h.num_leaves].tolist())) > 2 for h in hs)  # mixed depth
@@ -92,12 +95,15 @@ def test_set_covers_the_hard_shapes_and_options(stored):
     assert any(c.positions is not None for c in stored)
     huge = [c for c in stored if c.tolerance["score_max"] >= 1e4 * 0.99]
     assert {c.energy for c in huge} == {"dot", "distance"}
+    # outputs far from zero where half precision cannot resolve the scores: zeros fail there
+    assert all((c.v.amin(0) > 0).any() or (c.v.amax(0) < 0).any() for c in huge)
     assert by_name["ties_keys_are_queries"].k.equal(by_name["ties_keys_are_queries"].q)
 
 
 def test_set_is_small(stored):
+    """Every entry of every quantity carries its limit in four dtypes: a few megabytes."""
     size = sum(p.stat().st_size for p in GOLDEN_DIR.glob("*.json"))
-    assert size < 5e6
+    assert size < 8e6
     assert sorted(p.stem for p in GOLDEN_DIR.glob("*.json")) == sorted(
         [c.name for c in stored] + ["index"]
     )
@@ -145,43 +151,25 @@ def test_inputs_are_exact_in_every_dtype(stored):
 
 
 def test_stored_limits_are_the_rule_of_hsa_ref_tolerance(stored):
-    """A port applying the stored numbers gets what ``hsa_ref.tolerance`` computes."""
+    """A port applying the stored limits gets what ``hsa_ref.tolerance`` computes: each stored
+    limit is the rule's limit rounded up to three significant digits."""
     names = {"pair", "huge_scores", "distance_huge_scores", "positions", "forest_interleaved"}
     for case in (c for c in stored if c.name in names):
         for dtype in DTYPES.values():
             q, k, v = case.inputs(dtype)
             kw = case.call_kwargs(dtype)
-            rule = compare_to_reference(case.out.to(dtype), q, k, v, case.hierarchy, **kw)
-            limit = case.limit(dtype, "out")
-            assert rule.atol == pytest.approx(limit["atol"], rel=1e-12), case.name
-            assert rule.tolerance == pytest.approx(limit["max_abs_error"], rel=1e-6), case.name
-            assert rule.relative_limit == limit["relative_limit"]
-            assert rule.checkable == limit["checkable"]
-            grads = compare_gradients_to_reference(
-                {
-                    name.removeprefix("grad_"): case.expected[name].to(dtype)
-                    for name in case.quantities
-                    if name != "out"
-                },
-                q,
-                k,
-                v,
-                case.hierarchy,
-                case.grad_out.to(dtype),
-                **kw,
-            )
-            for name, verdict in grads.items():
-                stored_limit = case.limit(dtype, f"grad_{name}")
-                assert verdict.tolerance == pytest.approx(stored_limit["max_abs_error"], rel=1e-6)
-                assert verdict.checkable == stored_limit["checkable"]
+            rules = limits(q, k, v, case.hierarchy, dtype=dtype, grad_out=case.grad_out, **kw)
+            for name, rule in rules.items():
+                quantity = "out" if name == "out" else f"grad_{name}"
+                kept = case.limit(dtype, quantity)
+                assert kept.checkable == rule.checkable, (case.name, dtype, quantity)
+                assert torch.all(kept.limit >= rule.limit), (case.name, dtype, quantity)
+                assert torch.all(kept.limit <= rule.limit * 1.01), (case.name, dtype, quantity)
     for case in stored:
-        for limits in case.tolerance["limits"].values():
-            for quantity, limit in limits.items():
-                factor = case.tolerance["reference_factor"][
-                    "output" if quantity == "out" else "gradient"
-                ]
-                assert limit["max_abs_error"] == factor * limit["reference_error"] + limit["atol"]
-                assert limit["reference_error"] >= limit["perturbation_error"]
+        for label, by_quantity in case.tolerance["limits"].items():
+            for quantity, record in by_quantity.items():
+                assert record["checkable"] == (record["reason"] == ""), (case.name, quantity)
+                assert record["reference"] == ("float32" if label == "float64" else label)
 
 
 def test_check_and_write_commands(fresh, tmp_path, monkeypatch, capsys):
@@ -222,9 +210,22 @@ def test_low_precision_references_meet_their_own_stored_limits(stored):
 
 
 def test_every_dtype_can_check_most_of_the_set(stored):
+    """Outputs: every case in float64 and float32; in float16 all but those whose scores it
+    cannot resolve; in bfloat16, whose worst-case rounding is 8 times coarser, three in four."""
+    huge = {c.name for c in stored if c.tolerance["score_max"] * 2**-10 > 1}
     for label, dtype in DTYPES.items():
-        checkable = [c.name for c in stored if c.limit(dtype, "out")["checkable"]]
-        assert len(checkable) >= len(stored) - 4, (label, len(checkable))
+        unresolved = {c.name for c in stored if not c.limit(dtype, "out").checkable}
+        if label in ("float64", "float32"):
+            assert unresolved == set(), label
+        elif label == "float16":
+            assert unresolved == huge
+        else:
+            assert len(unresolved) <= len(stored) // 4, sorted(unresolved)
+        gradients = [
+            c.limit(dtype, q).checkable for c in stored for q in c.quantities if q != "out"
+        ]
+        if label in ("float64", "float32"):  # dq and dk vanish under nearly hard attention
+            assert sum(gradients) >= len(gradients) - 2 * len(huge), label
 
 
 def test_small_cases_carry_the_recursion_step_by_step(stored):

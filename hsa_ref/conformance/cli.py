@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from ..calling import DEFAULT_TIMEOUT
 from ..formats import (
     GOLDEN_DIR,
@@ -62,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only trees whose every subtree is a contiguous range of rows",
     )
+    caps.add_argument(
+        "--without-batches", action="store_true", help="only (N, d) inputs, no batch dimensions"
+    )
     caps.add_argument("--forward-only", action="store_true", help="no gradients are checked")
     p.add_argument(
         "--timeout",
@@ -78,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (0 pass, 1 failure, 2 usage error)."""
     args = _parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the harness's arithmetic is many small operations
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     capabilities = Capabilities(
         energies=tuple(dict.fromkeys(args.energy)) if args.energy else ENERGIES,
@@ -85,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         positions=not args.without_positions,
         gradients=not args.forward_only,
         shuffled_leaves=not args.contiguous_leaves,
+        batches=not args.without_batches,
     )
     try:
         impl = load_impl(args.impl) if args.impl else None

@@ -13,7 +13,7 @@ from ..formats import (
 from ..tolerance import (
     Agreement,
 )
-from .outcome import FAILED, UNSUPPORTED, Outcome
+from .outcome import FAILED, Outcome
 from .target import Target, theta_diagnostic
 
 __all__ = [
@@ -45,8 +45,12 @@ def check_case(target: Target, case: GoldenCase) -> list[Outcome]:
     kw = case.call_kwargs(dtype)
     grad_out = case.grad_out.to(dtype)
     got = target(q, k, v, case.hierarchy, kw, grad_out)
-    if got.unsupported:
-        return [Outcome("golden", case.name, UNSUPPORTED, detail=got.unsupported)]
+    if got.unsupported:  # the case lies inside the declared capabilities
+        detail = (
+            f"refused an input inside its declared capabilities ({got.unsupported}); declare "
+            "what it does not support (docs/PORTING.md)"
+        )
+        return [Outcome("golden", case.name, FAILED, detail=detail, case=case)]
     quantities = [x for x in case.quantities if x == "out" or target.capabilities.gradients]
     if got.out is None:
         detail = got.problem

@@ -37,6 +37,7 @@ class Outcome:
     diagnostic: str = ""
     saved: str = ""
     case: Any = field(default=None, compare=False, repr=False)
+    coverage: dict[str, int] | None = None
 
     @property
     def passed(self) -> bool:
@@ -47,6 +48,10 @@ class Outcome:
         numbers = ""
         if self.max_error is not None and self.tolerance is not None:
             numbers = f"max error {self.max_error:.3g}, tolerance {self.tolerance:.3g}"
+        if self.coverage is not None:
+            numbers += (
+                f"; {self.coverage['verdicts']} of {self.coverage['examples']} examples resolved"
+            )
         text = f"{verdict[self.status]} {self.kind:<8} {self.name:<40} {numbers}"
         if self.status != PASSED:
             extra = self.diagnostic.splitlines()
@@ -115,4 +120,5 @@ class Report:
                 }
                 for o in self.outcomes
             ],
+            "coverage": {o.name: o.coverage for o in self.outcomes if o.coverage is not None},
         }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, Verbosity, given, reject, settings
+from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -17,18 +17,10 @@ from hypothesis.errors import Unsatisfiable
 from ..calling import Call
 from ..hierarchy import Hierarchy
 from ..reference import score_matrix, split_trees
-from ..strategies import HSACase, hierarchies, hsa_cases
-from ..tolerance import (
-    Agreement,
-    agreement,
-    evaluate_reference,
-    gradient_magnitude,
-    low_precision_dtype,
-    perturbation_errors,
-    score_magnitude,
-)
+from ..strategies import HSACase, hierarchies, hsa_cases, large_hierarchies
+from ..tolerance import Limit, hull_violation, limits, score_magnitude
 from ..validation import check_scale
-from .outcome import FAILED, PASSED, UNCHECKABLE, UNSUPPORTED, Outcome
+from .outcome import FAILED, PASSED, UNSUPPORTED, Outcome
 from .target import Capabilities, Target
 
 __all__ = [
@@ -58,18 +50,29 @@ class PropertyViolation(AssertionError):
 
 @dataclass
 class _Run:
-    """State of one property run: the worst passing example, counts of skipped examples."""
+    """State of one property run: the worst passing example, and how many examples reached a
+    verdict (at least one comparison the dtype could resolve) or only what holds at any
+    precision."""
 
     worst: tuple[float, float] | None = None
-    unsupported: int = 0
     uncheckable: int = 0
     checked: int = 0
     timed_out: str = ""
+    resolved: bool = False  # the current example
+    shrink: bool = True
 
     def record(self, err: float, limit: float) -> None:
-        self.checked += 1
+        self.resolved = True
         if self.worst is None or err * self.worst[1] > self.worst[0] * limit:
             self.worst = (err, limit)
+
+    def count(self) -> None:
+        """The current example is over: count it."""
+        if self.resolved:
+            self.checked += 1
+        else:
+            self.uncheckable += 1
+        self.resolved = False
 
 
 _RUN = _Run()
@@ -83,72 +86,44 @@ def _text(case: HSACase, **extra: Any) -> str:
 
 
 def _fail(case: HSACase, what: str, err=None, limit=None, **notes: Any) -> PropertyViolation:
-    return PropertyViolation(
-        f"{what}\nminimal failing example: {_text(case, **notes)}", err, limit, case
-    )
+    which = "minimal failing example" if _RUN.shrink else "failing example (not shrunk)"
+    return PropertyViolation(f"{what}\n{which}: {_text(case, **notes)}", err, limit, case)
 
 
 @dataclass
 class _Reference:
-    """The reference for one property input: the float64 value of every quantity (``"out"``,
-    ``"q"``, ``"k"``, ``"v"``, ``"positions"``), its evaluation in the low-precision dtype,
-    and the numbers of the rule."""
+    """The rule for one property input: a :class:`~hsa_ref.tolerance.Limit` for every
+    quantity (``"out"``, ``"q"``, ``"k"``, ``"v"``, ``"positions"``) and the values of ``v``
+    and the tree, for the checks that hold at any precision."""
 
-    exact: dict[str, torch.Tensor]
-    low: dict[str, torch.Tensor]
-    perturbation: dict[str, float]
-    magnitude: float
-    score_max: float
+    rules: dict[str, Limit]
+    v: torch.Tensor
+    hierarchy: Hierarchy
     dtype: torch.dtype
+    score_max: float
 
     @classmethod
     def of(cls, q, k, v, h: Hierarchy, kwargs: dict[str, Any], grad_out, dtype) -> _Reference:
         kw = {key: kwargs[key] for key in ("scale", "energy", "positions") if key in kwargs}
+        rules = limits(q, k, v, h, dtype=dtype, grad_out=grad_out, **kw)
         kw["scale"] = check_scale(kw.get("scale"), q.shape[-1])
-        exact = evaluate_reference(q, k, v, h, **kw, grad_out=grad_out)
-        low = evaluate_reference(
-            q, k, v, h, **kw, grad_out=grad_out, dtype=low_precision_dtype(dtype)
-        )
-        pert = perturbation_errors(q, k, v, h, **kw, grad_out=grad_out, dtype=dtype, exact=exact)
-        s_max = score_magnitude(
-            q, k, h, scale=kw["scale"], energy=kw["energy"], positions=kw.get("positions")
-        )
-        return cls(
-            {"out": exact.out} | exact.grads,
-            {"out": low.out} | low.grads,
-            pert,
-            gradient_magnitude(exact.grads),
-            s_max,
-            dtype,
-        )
+        s_max = score_magnitude(q, k, h, **kw)
+        return cls(rules, v, h, dtype, s_max)
 
-    def rule(self, name: str, result: torch.Tensor, expected: torch.Tensor | None = None):
-        """SPEC section 6's verdict on ``result`` for quantity ``name`` (against ``expected``,
-        an exact answer, or the reference itself).
+    @property
+    def exact(self) -> dict[str, torch.Tensor]:
+        return {name: rule.expected for name, rule in self.rules.items()}
 
-        Against an exact answer the reference is one more correct evaluation whose error is
-        known: ``max|ref64 - expected|`` joins the measured reference error (in float64 under
-        nearly hard attention the float32 evaluation can be exact by luck).
-        """
-        measured = self.perturbation[name]
-        if expected is not None:
-            measured = max(measured, _max_abs(self.exact[name] - expected.double()))
-        return agreement(
-            result,
-            self.exact[name] if expected is None else expected,
-            self.low[name],
-            dtype=self.dtype,
-            score_max=self.score_max,
-            kind="output" if name == "out" else "gradient",
-            magnitude=None if name == "out" else self.magnitude,
-            perturbation_error=measured,
-        )
-
-    def limit(self, name: str, expected: torch.Tensor | None = None) -> Agreement:
-        """The rule applied to the reference itself: its ``tolerance`` and ``checkable``
-        (with ``expected``, another evaluation of the same answer, its difference from the
-        reference joins the measured error)."""
-        return self.rule(name, self.exact[name], expected)
+    def rule(self, name: str, expected: torch.Tensor | None = None) -> Limit:
+        """The rule for quantity ``name``; against ``expected``, an exact answer, rather
+        than the reference: the reference is one more correct evaluation, so its distance
+        from ``expected`` joins the limit."""
+        rule = self.rules[name]
+        if expected is None:
+            return rule
+        expected = expected.detach().double().cpu().expand_as(rule.expected)
+        slack = (rule.expected - expected).abs()
+        return Limit(expected, rule.limit + slack, rule.uncheckable, rule.kind)
 
 
 def _max_abs(x: torch.Tensor) -> float:
@@ -163,6 +138,16 @@ def _label(name: str) -> str:
     return "output" if name == "out" else f"gradient of {name}"
 
 
+def _within_hull(case: HSACase, got: Call, ref: _Reference, what: str, **notes: Any) -> None:
+    """What holds at any precision: the output is finite and inside the range of ``v`` over
+    each row's tree."""
+    problem = hull_violation(
+        got.out, ref.v, ref.hierarchy, dtype=ref.dtype, score_max=ref.score_max
+    )
+    if problem:
+        raise _fail(case, f"{what}: {problem}", **notes)
+
+
 def _require(
     case: HSACase,
     got: Call,
@@ -174,13 +159,14 @@ def _require(
     """Every quantity of ``got`` passes the rule (against ``expected`` where given)."""
     if got.problem:
         raise _fail(case, f"{what}: {got.problem}", **notes)
+    _within_hull(case, got, ref, what, **notes)
     verdicts = {}
     for name, result in _quantities(got).items():
-        rule = ref.rule(name, result, None if expected is None else expected.get(name))
+        rule = ref.rule(name, None if expected is None else expected.get(name)).judge(result)
         if rule.status == FAILED:
             raise _fail(
                 case,
-                f"{what}: {_label(name)}: {rule.reason}",
+                f"{what}: {_label(name)}: {rule.reason} at entry {rule.entry}",
                 rule.max_error,
                 rule.tolerance,
                 **notes,
@@ -188,47 +174,51 @@ def _require(
         verdicts[name] = rule
     checked = {n: r for n, r in verdicts.items() if r.checkable}
     if "out" not in checked:
-        _RUN.uncheckable += 1
-        reject()
+        return
     for rule in checked.values():
         _RUN.record(rule.max_error, rule.tolerance)
 
 
 def _require_close(
-    case: HSACase, a: Call, b: Call, limits: dict[str, float], what: str, **notes: Any
+    case: HSACase, a: Call, b: Call, limits: dict[str, torch.Tensor], what: str, **notes: Any
 ) -> None:
-    """Two calls of the implementation agree on every quantity within ``limits``."""
+    """Two calls of the implementation agree on every quantity within ``limits`` (entry by
+    entry); a quantity without a limit (not checkable) is only required to be finite."""
     for got in (a, b):
         if got.problem:
             raise _fail(case, f"{what}: {got.problem}", **notes)
     qa, qb = _quantities(a), _quantities(b)
+    for name in qa.keys() & qb.keys():
+        x, y = qa[name].double(), qb[name].double()
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            raise _fail(case, f"{what}: the {_label(name)} has NaN or inf", math.inf, 0, **notes)
+    if "out" not in limits:
+        return
     for name, limit in limits.items():
         if name not in qa or name not in qb:
             continue
-        x, y = qa[name].double(), qb[name].double()
-        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        err = (qa[name].double() - qb[name].double()).abs()
+        if not err.numel():
+            continue
+        ratio = torch.where(err > 0, err / limit, 0.0)
+        at = int(ratio.argmax())
+        worst, bound = err.flatten()[at].item(), limit.flatten()[at].item()
+        _RUN.record(worst, bound)
+        if not bool((err <= limit).all()):
             raise _fail(
-                case, f"{what}: the {_label(name)} has NaN or inf", math.inf, limit, **notes
-            )
-        err = _max_abs(x - y)
-        _RUN.record(err, limit)
-        if not err <= limit:
-            raise _fail(
-                case, f"{what}: {_label(name)} max difference above tolerance", err, limit, **notes
+                case,
+                f"{what}: {_label(name)} differs by more than the limit",
+                worst,
+                bound,
+                **notes,
             )
 
 
-def _limits(*refs: _Reference) -> dict[str, float]:
-    """Sum over ``refs`` of each quantity's tolerance (two results each within their own
-    tolerance of the reference differ by at most the sum); quantities not checkable in any
-    of them are left out."""
-    names = set.intersection(*(set(r.exact) for r in refs))
-    out = {}
-    for name in names:
-        rules = [r.limit(name) for r in refs]
-        if all(rule.checkable for rule in rules):
-            out[name] = sum(rule.tolerance for rule in rules)
-    return out
+def _pair_limits(ref: _Reference) -> dict[str, torch.Tensor]:
+    """How far two results of the implementation, each within the rule's limit of the
+    reference, may differ: twice each quantity's limit, entry by entry; quantities not
+    checkable are left out."""
+    return {name: 2 * rule.limit for name, rule in ref.rules.items() if rule.checkable}
 
 
 def _reference(target: Target, case: HSACase, q=None, k=None, v=None, h=None, kw=None):
@@ -265,9 +255,13 @@ def _run(
     if _RUN.timed_out:  # no second wait: report the same failure at once
         return Call(problem=_RUN.timed_out)
     got = target(q, k, v, h, kw, case.grad_out)
-    if got.unsupported:
-        _RUN.unsupported += 1
-        reject()
+    if got.unsupported:  # every drawn input lies inside the declared capabilities
+        raise _fail(
+            case,
+            f"refused an input inside its declared capabilities ({got.unsupported}); declare "
+            "what it does not support (docs/PORTING.md)",
+            **notes,
+        )
     if "timed out" in got.problem:
         _RUN.timed_out = got.problem
     return got
@@ -292,7 +286,7 @@ def _default_scale(target: Target, case: HSACase, data: st.DataObject) -> None:
         case,
         a,
         b,
-        _limits(ref, ref),
+        _pair_limits(ref),
         "scale=None differs from scale=1/sqrt(d_k)",
         called_with="scale=None and 1/sqrt(d_k)",
     )
@@ -320,24 +314,15 @@ def _one_family_softmax(target: Target, case: HSACase, data: st.DataObject) -> N
     q, k, v = (x.detach().double().requires_grad_() for x in (case.q, case.k, case.v))
     s = score_matrix(q, k, scale=scale, energy=case.energy)
     out = torch.softmax(s, dim=-1) @ v
-    grads = {}
+    expected = {"out": out.detach()}
     if target.capabilities.gradients and case.grad_out is not None:
         values = torch.autograd.grad(out, (q, k, v), case.grad_out.double())
-        grads = dict(zip("qkv", (g.detach() for g in values), strict=True))
-    softmax = Call(out=out.detach(), grads=grads)
+        expected |= dict(zip("qkv", (g.detach() for g in values), strict=True))
     ref = _reference(target, case)
+    # softmax attention in float64 is one more float64 evaluation: its distance from the
+    # reference joins each limit (_Reference.rule)
     got = _run(target, case)
-    # softmax attention in float64 is itself one float64 evaluation: the implementation and it
-    # may each err by a tolerance, in which their difference from the reference is measured
-    values = {"out": softmax.out} | softmax.grads
-    limits = {}
-    for name, value in values.items():
-        rule = ref.limit(name, value)
-        if rule.checkable:
-            limits[name] = 2 * rule.tolerance
-    _require_close(
-        case, got, softmax, limits, "one family over all leaves is not softmax attention"
-    )
+    _require(case, got, ref, "one family over all leaves is not softmax attention", expected)
 
 
 def _one_leaf_trees(target: Target, case: HSACase, data: st.DataObject) -> None:
@@ -374,7 +359,7 @@ def _single_child(target: Target, case: HSACase, data: st.DataObject) -> None:
         back[node] += g[-1]
         b = Call(out=b.out, grads={**b.grads, "positions": back}, problem=b.problem)
     _require_close(
-        case, b, a, _limits(ref, ref), "a single-child family changed the result", **note
+        case, b, a, _pair_limits(ref), "a single-child family changed the result", **note
     )
 
 
@@ -408,13 +393,20 @@ def _permutation(target: Target, case: HSACase, data: st.DataObject) -> None:
         if "positions" in b.grads:
             back["positions"] = b.grads["positions"][new_id]
         b = Call(out=back["out"], grads={n: x for n, x in back.items() if n != "out"})
-    _require_close(case, b, a, _limits(ref, ref), "relabelling does not permute the rows", **note)
+    _require_close(case, b, a, _pair_limits(ref), "relabelling does not permute the rows", **note)
+
+
+def _part(limits: dict[str, torch.Tensor], index: Any) -> dict[str, torch.Tensor]:
+    """The pair limits of the entries ``index`` selects: the reference evaluates every tree
+    and every batch element on its own, so its bound for one alone is the same."""
+    return {n: x[index] for n, x in limits.items() if n != "positions"}
 
 
 def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
     h = case.hierarchy
     ref = _reference(target, case)
     whole = _run(target, case)
+    pairs = _pair_limits(ref)
     for nodes, sub in split_trees(h):
         leaves, root = nodes[: sub.num_leaves], int(h.root_of[nodes[0]])
         rows = torch.tensor(leaves, dtype=torch.long)
@@ -428,7 +420,6 @@ def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
                 "grad_out": None if case.grad_out is None else case.grad_out[..., rows, :],
             }
         )
-        ref_alone = _reference(target, alone_case, q, k, v, sub, kw)
         alone = _run(target, alone_case, q, k, v, sub, kw)
         if whole.ok and alone.ok:
             part = Call(
@@ -440,33 +431,32 @@ def _forest(target: Target, case: HSACase, data: st.DataObject) -> None:
             )
         else:
             part = whole
-        limits = {n: x for n, x in _limits(ref, ref_alone).items() if n != "positions"}
+        limits = _part(pairs, (..., rows, slice(None)))
         _require_close(case, part, alone, limits, f"the tree of root {root} differs when alone")
 
 
 def _batch(target: Target, case: HSACase, data: st.DataObject) -> None:
     ref = _reference(target, case)
     whole = _run(target, case)
+    pairs = _pair_limits(ref)
     for index in itertools.product(*(range(n) for n in case.q.shape[:-2])):
         q, k, v = (x[index] for x in (case.q, case.k, case.v))
         one = HSACase(
             **{**case.__dict__, "grad_out": None if case.grad_out is None else case.grad_out[index]}
         )
-        ref_one = _reference(target, one, q, k, v)
-        single = _run(target, one, q, k, v)
+        alone = _run(target, one, q, k, v)
         part = whole
         if whole.ok:
             part = Call(
                 out=whole.out[index],
                 grads={n: g[index] for n, g in whole.grads.items() if n != "positions"},
             )
-            single = Call(
-                out=single.out,
-                problem=single.problem,
-                grads={n: g for n, g in single.grads.items() if n != "positions"},
+            alone = Call(
+                out=alone.out,
+                problem=alone.problem,
+                grads={n: g for n, g in alone.grads.items() if n != "positions"},
             )
-        limits = {n: x for n, x in _limits(ref, ref_one).items() if n != "positions"}
-        _require_close(case, part, single, limits, f"batch element {index} differs")
+        _require_close(case, part, alone, _part(pairs, index), f"batch element {index} differs")
 
 
 def _finite_at_huge_scores(target: Target, case: HSACase, data: st.DataObject) -> None:
@@ -476,6 +466,12 @@ def _finite_at_huge_scores(target: Target, case: HSACase, data: st.DataObject) -
     for name, x in _quantities(got).items():
         if not torch.isfinite(x).all():
             raise _fail(case, f"at |s| ~ 1e4 the {_label(name)} has NaN or inf", math.inf, 0.0)
+    kw = case.kwargs()
+    kw["scale"] = check_scale(kw["scale"], case.q.shape[-1])
+    s_max = score_magnitude(case.q, case.k, case.hierarchy, **kw)
+    problem = hull_violation(got.out, case.v, case.hierarchy, dtype=target.dtype, score_max=s_max)
+    if problem:
+        raise _fail(case, f"at |s| ~ 1e4: {problem}")
     _RUN.record(0.0, 1.0)
 
 
@@ -503,25 +499,48 @@ class Property:
     strategy: Strategy
     check: Callable[[Target, HSACase, st.DataObject], None]
     needs_forests: bool = False
+    needs_batches: bool = False
 
 
-def _trees(caps: Capabilities, **kw: Any) -> st.SearchStrategy[Hierarchy]:
+LARGE_EVERY = 16
+"""About one example in this many is a large tree (``large_hierarchies``), where drawn."""
+PORT_SIZES: dict[str, Any] = {
+    "head_sizes": True,
+    "max_dim": 128,
+    "max_batch": 8,
+    "value_offsets": True,
+    "positions_scales": (0.5, 4.0),
+}
+"""The sizes ports are written for (head sizes to 128, batches of up to 8 elements in two
+dimensions, positions of entries up to about 10, ``v`` far from zero)."""
+
+
+def _trees(caps: Capabilities, *, large: bool = False, **kw: Any) -> st.SearchStrategy[Hierarchy]:
     if not caps.forests:
         kw["max_trees"] = 1
-    return hierarchies(shuffle=caps.shuffled_leaves, **kw)
+    small = hierarchies(shuffle=caps.shuffled_leaves, **kw)
+    if not large:
+        return small
+    big = large_hierarchies(shuffle=caps.shuffled_leaves)
+    # a wide integer, for a frequency close to 1 / LARGE_EVERY; 0 (where Hypothesis shrinks
+    # to) gives a small tree
+    pick = st.integers(0, 2**16 - 1).map(lambda i: i % LARGE_EVERY == LARGE_EVERY - 1)
+    return pick.flatmap(lambda large_tree: big if large_tree else small)
 
 
 def _cases(tree_kw: dict | None = None, hierarchy: Callable | None = None, **kw: Any) -> Strategy:
     with_positions = kw.pop("positions", True)
+    kw = {**PORT_SIZES, **kw}
 
     def strategy(dtype: torch.dtype, caps: Capabilities) -> st.SearchStrategy[HSACase]:
         trees = hierarchy(caps) if hierarchy is not None else _trees(caps, **(tree_kw or {}))
+        batch = {} if caps.batches else {"max_batch_dims": 0}
         return hsa_cases(
             hierarchy=trees,
             dtype=dtype,
             energies=caps.energies,
             positions=caps.positions and with_positions,
-            **kw,
+            **{**kw, **batch},
         )
 
     return strategy
@@ -534,7 +553,7 @@ PROPERTIES: dict[str, Property] = {
             "matches_reference",
             "output and gradients agree with the float64 reference (|s| to 1e4, q and k far "
             "from the origin, positions)",
-            _cases(score_magnitudes=_MAGNITUDES, offsets=True),
+            _cases({"large": True}, score_magnitudes=_MAGNITUDES, offsets=True),
             _matches_reference,
         ),
         Property(
@@ -604,8 +623,10 @@ PROPERTIES: dict[str, Property] = {
                 dtype=dtype,
                 energies=caps.energies,
                 max_batch_dims=2,
+                **PORT_SIZES,
             ).filter(lambda c: c.q.dim() > 2),
             _batch,
+            needs_batches=True,
         ),
         Property(
             "finite_at_huge_scores",
@@ -618,17 +639,26 @@ PROPERTIES: dict[str, Property] = {
 
 
 def check_property(
-    target: Target, prop: Property, *, examples: int = DEFAULT_EXAMPLES, seed: int = 0
+    target: Target,
+    prop: Property,
+    *,
+    examples: int = DEFAULT_EXAMPLES,
+    seed: int = 0,
+    shrink: bool = True,
 ) -> Outcome:
     """Run one property for ``examples`` Hypothesis examples; a failure is shrunk to a minimum.
 
-    Examples the implementation refuses (``NotImplementedError``) or that the dtype cannot
-    resolve are discarded, never shrunk towards; a property none of whose examples could be
-    checked is *unsupported* or *not checkable*.
+    An input the implementation refuses (``NotImplementedError``) fails: every drawn input
+    lies inside the declared capabilities. Examples that the dtype cannot resolve are still
+    held to what holds at any precision (finite, inside the range of ``v``), and counted; a
+    property none of whose examples reached a full verdict fails.
     """
     caps = target.capabilities
     if prop.needs_forests and not caps.forests:
         return Outcome("property", prop.name, UNSUPPORTED, detail="needs forests (--single-tree)")
+    if prop.needs_batches and not caps.batches:
+        detail = "needs batch dimensions (--without-batches)"
+        return Outcome("property", prop.name, UNSUPPORTED, detail=detail)
 
     @hypothesis_seed(seed)
     @settings(
@@ -637,16 +667,22 @@ def check_property(
         deadline=None,
         derandomize=False,
         report_multiple_bugs=False,
+        phases=list(Phase) if shrink else [Phase.explicit, Phase.reuse, Phase.generate],
         suppress_health_check=list(HealthCheck),
         verbosity=Verbosity.quiet,
         print_blob=False,
     )
     @given(case=prop.strategy(target.dtype, caps), data=st.data())
     def run_property(case: HSACase, data: st.DataObject) -> None:
+        _RUN.resolved = False
         prop.check(target, case, data)
+        resolved = _RUN.resolved
+        _RUN.count()
+        if not resolved:  # held to what holds at any precision; draw another for a verdict
+            reject()
 
     global _RUN
-    _RUN = _Run()
+    _RUN = _Run(shrink=shrink)
     try:
         run_property()
     except PropertyViolation as exc:
@@ -657,15 +693,23 @@ def check_property(
         pass
     except Exception as exc:
         return Outcome("property", prop.name, FAILED, detail=f"{type(exc).__name__}: {exc}")
-    skipped = f"{_RUN.unsupported} examples unsupported, {_RUN.uncheckable} not checkable"
+    examples_run = _RUN.checked + _RUN.uncheckable
+    coverage = {"examples": examples_run, "verdicts": _RUN.checked}
+    counted = (
+        f"{examples_run} examples, {_RUN.checked} checked, {_RUN.uncheckable} not checkable "
+        f"in {str(target.dtype).removeprefix('torch.')} (held to what holds at any precision)"
+    )
     if _RUN.checked == 0:
-        status = UNSUPPORTED if _RUN.unsupported >= _RUN.uncheckable else UNCHECKABLE
-        return Outcome("property", prop.name, status, detail=f"no example checked ({skipped})")
+        return Outcome(
+            "property",
+            prop.name,
+            FAILED,
+            detail=f"no example reached a verdict ({counted})",
+            coverage=coverage,
+        )
     err, limit = _RUN.worst
-    note = "worst example by error / tolerance"
-    if _RUN.unsupported or _RUN.uncheckable:
-        note += f"; {skipped}"
-    return Outcome("property", prop.name, PASSED, err, limit, note)
+    note = f"worst example by error / limit; {counted}"
+    return Outcome("property", prop.name, PASSED, err, limit, note, coverage=coverage)
 
 
 def check_properties(
@@ -674,7 +718,9 @@ def check_properties(
     examples: int = DEFAULT_EXAMPLES,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    shrink: bool = True,
 ) -> list[Outcome]:
-    """Run the named properties (all of :data:`PROPERTIES` by default)."""
+    """Run the named properties (all of :data:`PROPERTIES` by default); without ``shrink`` a
+    failure is reported as first found, not shrunk to a minimal example."""
     props = [PROPERTIES[n] for n in names] if names is not None else list(PROPERTIES.values())
-    return [check_property(target, p, examples=examples, seed=seed) for p in props]
+    return [check_property(target, p, examples=examples, seed=seed, shrink=shrink) for p in props]

@@ -128,6 +128,7 @@ def run(
     capabilities: Capabilities = FULL,
     timeout: float | None = DEFAULT_TIMEOUT,
     label: str = "",
+    shrink: bool = True,
 ) -> Report:
     """Run the harness on a callable (``impl``) or a folder of outputs (``outputs``)."""
     if (impl is None) == (outputs is None):
@@ -185,5 +186,7 @@ def run(
     report = Report(header, meta=meta)
     report.outcomes = check_golden(target, selected)
     if n_props:
-        report.outcomes += check_properties(target, examples=examples, seed=seed, names=properties)
+        report.outcomes += check_properties(
+            target, examples=examples, seed=seed, names=properties, shrink=shrink
+        )
     return report

@@ -66,9 +66,14 @@ class Capabilities:
     positions: bool = True
     gradients: bool = True
     shuffled_leaves: bool = True
+    batches: bool = True
 
-    def excludes(self, h: Hierarchy, energy: str, has_positions: bool) -> str:
+    def excludes(
+        self, h: Hierarchy, energy: str, has_positions: bool, batched: bool = False
+    ) -> str:
         """Why an input lies outside the declared set ("" when it does not)."""
+        if not self.batches and batched:
+            return "batch dimensions"
         if energy not in self.energies:
             return f"the {energy} energy"
         if not self.forests and h.num_trees > 1:
@@ -86,6 +91,7 @@ class Capabilities:
             not self.positions
         )
         out += ["--contiguous-leaves"] * (not self.shuffled_leaves)
+        out += ["--without-batches"] * (not self.batches)
         out += ["--forward-only"] * (not self.gradients)
         return out
 

@@ -9,6 +9,7 @@ whole set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,20 +19,19 @@ import torch
 from ..formats import GoldenCase, dtype_name, quantity_kind
 from ..hierarchy import Hierarchy
 from ..reference import family_shares, hsa_attention_matrix, log_partition, sibling_log_partition
+from ..rounding import LAMBDA, TRANSCENDENTAL
 from ..tolerance import (
     ATOL_FACTOR,
     DTYPES,
-    FLOAT32_RELATIVE,
-    FLOAT32_RELATIVE_MAX_SCORE,
+    MARGIN,
     MAX_ROUNDED_SCORE,
-    PERTURBATIONS,
     REFERENCE_FACTOR,
-    agreement,
     eps,
+    error_bounds,
     evaluate_reference,
     gradient_magnitude,
     low_precision_dtype,
-    perturbation_errors,
+    make_limit,
     score_magnitude,
 )
 from ..validation import check_scale
@@ -44,6 +44,7 @@ __all__ = [
     "generate",
     "half_exact",
     "make_case",
+    "round_up",
     "structure_record",
     "tolerance_record",
 ]
@@ -91,25 +92,46 @@ def half_exact(a: np.ndarray) -> torch.Tensor:
 
 RULE_TEXT = (
     "a result x (out, or a gradient grad_*) computed from inputs in dtype t passes when it has no "
-    "NaN or inf, max|x - expected| <= limits[t][x].max_abs_error = reference_factor[kind] * "
-    "reference_error + atol (reference_error = the larger of perturbation_error and "
-    "max|references[r][x] - expected| * eps[t] / eps[r], r = t, or float32 for t = float64; "
-    "atol = atol_factor * eps[t] * "
-    "magnitude, magnitude = max|expected| for out and gradient_magnitude for gradients), and "
-    "||x - expected|| / ||expected|| <= relative_limit unless that is null; a limit with "
-    "checkable = false (the reference in t overflows, eps[t] * score_max > max_rounded_score, "
-    "or max_abs_error >= max|expected|) is not checkable in t: reported apart, never passed"
+    "NaN or inf and |x - expected| <= limits[t][x].limit entry by entry; the limit is "
+    "max(reference_factor[kind] * max|references[r][x] - expected| * eps[t] / eps[r] + atol_factor "
+    "* eps[t] * magnitude, margin * (1 + u_float64 / u_acc(t)) * bound), r = t or float32 for t = "
+    "float64, magnitude = max|expected| for out and gradient_magnitude for gradients, bound the "
+    "running error bound of docs/TOLERANCE.md, rounded up to 3 significant digits; a quantity "
+    "with checkable = false (reason says why) is not checkable in t: reported apart, never passed"
 )
+
+
+def round_up(x: torch.Tensor, digits: int = 3) -> list[list[float | None]]:
+    """``x`` (nonnegative) as nested lists of numbers of ``digits`` significant decimal digits,
+    each at least the entry it stands for (a limit rounded up stays a limit); ``None`` (JSON
+    ``null``) for an infinite entry."""
+    out: list[list[float | None]] = []
+    for row in x.tolist():
+        values: list[float | None] = []
+        for value in row:
+            if value == 0 or not math.isfinite(value):
+                values.append(0.0 if value == 0 else None)
+                continue
+            exponent = math.floor(math.log10(value)) - (digits - 1)
+            mantissa = math.ceil(value / 10.0**exponent)
+            rounded = float(f"{mantissa}e{exponent}")
+            while rounded < value:
+                mantissa += 1
+                rounded = float(f"{mantissa}e{exponent}")
+            values.append(rounded)
+        out.append(values)
+    return out
 
 
 def tolerance_record(
     expected: dict[str, torch.Tensor],
     references: dict[str, dict[str, torch.Tensor]],
-    perturbation: dict[str, dict[str, float]],
+    bounds: dict[str, dict[str, torch.Tensor]],
     *,
     score_max: float,
 ) -> dict[str, Any]:
-    """The ``tolerance`` object of a case: SPEC section 6's numbers per dtype and quantity."""
+    """The ``tolerance`` object of a case: the rule's limit of every entry, per dtype and
+    quantity (``bounds[t][quantity]``: the running error bound of :func:`error_bounds`)."""
     grads = {name: t for name, t in expected.items() if name != "out"}
     magnitude = gradient_magnitude(grads)
     record: dict[str, Any] = {
@@ -118,10 +140,10 @@ def tolerance_record(
         "gradient_magnitude": magnitude,
         "atol_factor": ATOL_FACTOR,
         "reference_factor": dict(REFERENCE_FACTOR),
-        "float32_relative": FLOAT32_RELATIVE,
-        "float32_relative_max_score": FLOAT32_RELATIVE_MAX_SCORE,
-        "perturbations": PERTURBATIONS,
         "max_rounded_score": MAX_ROUNDED_SCORE,
+        "margin": MARGIN,
+        "lambda": LAMBDA,
+        "transcendental": TRANSCENDENTAL,
         "eps": {label: eps(dtype) for label, dtype in DTYPES.items()},
         "limits": {},
     }
@@ -129,24 +151,20 @@ def tolerance_record(
         low = dtype_name(low_precision_dtype(dtype))
         limits = record["limits"][label] = {}
         for quantity, exact in expected.items():
-            rule = agreement(
-                exact,
+            rule = make_limit(
                 exact,
                 references[low][quantity],
+                bounds[label][quantity],
                 dtype=dtype,
                 score_max=score_max,
                 kind=quantity_kind(quantity),
                 magnitude=magnitude if quantity != "out" else None,
-                perturbation_error=perturbation[label][quantity],
             )
             limits[quantity] = {
                 "reference": low,
-                "perturbation_error": perturbation[label][quantity],
-                "reference_error": rule.reference_error,
-                "atol": rule.atol,
-                "max_abs_error": rule.tolerance,
-                "relative_limit": rule.relative_limit,
                 "checkable": rule.checkable,
+                "reason": rule.uncheckable,
+                "limit": round_up(rule.limit),
             }
     return record
 
@@ -158,7 +176,7 @@ def build_case(spec: CaseSpec) -> GoldenCase:
     n = h.num_leaves
     q = half_exact(spec.offset + rng.standard_normal((n, spec.d_k)))
     k = half_exact(spec.offset + rng.standard_normal((n, spec.d_k)))
-    v = half_exact(spec.value_scale * rng.standard_normal((n, spec.d_v)))
+    v = half_exact(spec.value_offset + spec.value_scale * rng.standard_normal((n, spec.d_v)))
     if spec.inputs == "keys_are_queries":
         k = q.clone()
     elif spec.inputs == "repeated_rows":
@@ -166,7 +184,7 @@ def build_case(spec: CaseSpec) -> GoldenCase:
     elif spec.inputs != "normal":
         raise ValueError(f"unknown inputs kind {spec.inputs!r}")
     pos = (
-        half_exact(0.5 * rng.standard_normal((h.num_nodes, spec.positions_dim)))
+        half_exact(spec.positions_scale * rng.standard_normal((h.num_nodes, spec.positions_dim)))
         if spec.positions_dim
         else None
     )
@@ -223,13 +241,10 @@ def make_case(
     references = {
         label: evaluated(dtype) for label, dtype in DTYPES.items() if dtype != torch.float64
     }
-    perturbation = {
-        label: {
-            ("out" if n == "out" else f"grad_{n}"): err
-            for n, err in perturbation_errors(q, k, v, h, **kw, dtype=dtype, exact=exact).items()
-        }
-        for label, dtype in DTYPES.items()
-    }
+    bounds = {}
+    for label, dtype in DTYPES.items():
+        res = error_bounds(q, k, v, h, **kw, dtype=dtype)
+        bounds[label] = {"out": res.out} | {f"grad_{n}": g for n, g in res.grads.items()}
     score_max = score_magnitude(q, k, h, scale=scale_value, energy=energy, positions=pos)
     structure = None
     if h.num_leaves <= STRUCTURE_MAX_LEAVES:
@@ -248,7 +263,7 @@ def make_case(
         grad_out=grad_out,
         expected=expected,
         references=references,
-        tolerance=tolerance_record(expected, references, perturbation, score_max=score_max),
+        tolerance=tolerance_record(expected, references, bounds, score_max=score_max),
         structure=structure,
     )
 

@@ -26,7 +26,9 @@ class CaseSpec:
     ``scale=None`` means the default ``1/sqrt(d_k)`` (implementations are called with
     ``scale=None``); ``max_score`` instead picks the scale so that the largest ``|s_ij|`` within
     a tree equals it. ``inputs`` is ``"normal"``, ``"keys_are_queries"`` or ``"repeated_rows"``;
-    ``offset`` is added to every entry of ``q`` and ``k`` (inputs far from the origin).
+    ``offset`` is added to every entry of ``q`` and ``k`` (inputs far from the origin),
+    ``value_offset`` to every entry of ``v`` (outputs far from zero: zeros fail everywhere);
+    positional vectors are ``positions_scale`` times standard normal.
     """
 
     name: str
@@ -42,6 +44,8 @@ class CaseSpec:
     inputs: str = "normal"
     value_scale: float = 1.0
     offset: float = 0.0
+    value_offset: float = 0.0
+    positions_scale: float = 0.5
 
 
 def _random_nested(rng: random.Random, n: int, max_b: int, depth_left: int) -> Any:
@@ -122,6 +126,7 @@ def case_specs() -> list[CaseSpec]:
     singletons = Hierarchy.from_parents([-1] * 5, 5)
     mixed = _shuffled(random_tree(3, 30, 5, 5), 3)
     big = _shuffled(random_tree(5, 200, 9, 6), 5)
+    deep_and_wide = _shuffled(random_tree(41, 400, 160, 6), 41)
     return [
         # trees: every shape of family, depth and forest
         CaseSpec(
@@ -223,6 +228,16 @@ def case_specs() -> list[CaseSpec]:
             seed=13,
         ),
         CaseSpec(
+            "uneven_children",
+            "a family with children of 1 and 30 leaves beside a family of 8, max |s| = 5: "
+            "F(A) weighs its children by their sizes",
+            Hierarchy.from_nested([[0, list(range(1, 31))], list(range(31, 39))]),
+            d_k=4,
+            d_v=3,
+            seed=43,
+            max_score=5.0,
+        ),
+        CaseSpec(
             "large_b_in_deep_tree",
             "a family of 40 leaves beside small deep subtrees",
             large_b_deep,
@@ -296,6 +311,47 @@ def case_specs() -> list[CaseSpec]:
             seed=24,
             scale=1e-6,
         ),
+        # the sizes ports are written for: head sizes, wide families, many leaves
+        CaseSpec(
+            "head_size_64",
+            "d_k = d_v = 64 on a random tree of 24 leaves",
+            random_tree(37, 24, 6, 4),
+            d_k=64,
+            d_v=64,
+            seed=37,
+        ),
+        CaseSpec(
+            "head_size_128",
+            "d_k = d_v = 128, balanced b = 4 over 16 leaves",
+            Hierarchy.balanced(16, 4),
+            d_k=128,
+            d_v=128,
+            seed=38,
+        ),
+        CaseSpec(
+            "wide_family_512",
+            "one family of b = 512 leaves: softmax attention over 512",
+            one_family(512),
+            d_k=4,
+            d_v=2,
+            seed=39,
+        ),
+        CaseSpec(
+            "many_leaves",
+            "N = 512, balanced b = 8, depth 3",
+            Hierarchy.balanced(512, 8),
+            d_k=2,
+            d_v=2,
+            seed=40,
+        ),
+        CaseSpec(
+            "deep_and_wide",
+            "random tree of 400 leaves (families of up to 61 children, depth 7), shuffled ids",
+            deep_and_wide,
+            d_k=3,
+            d_v=2,
+            seed=41,
+        ),
         # scores up to 1e4: no overflow
         CaseSpec(
             "huge_scores",
@@ -305,6 +361,7 @@ def case_specs() -> list[CaseSpec]:
             d_v=3,
             seed=25,
             max_score=HUGE_SCORE,
+            value_offset=4.0,
         ),
         CaseSpec(
             "huge_scores_one_family",
@@ -314,6 +371,7 @@ def case_specs() -> list[CaseSpec]:
             d_v=3,
             seed=26,
             max_score=HUGE_SCORE,
+            value_offset=-4.0,
         ),
         CaseSpec(
             "huge_scores_forest",
@@ -323,6 +381,7 @@ def case_specs() -> list[CaseSpec]:
             d_v=3,
             seed=27,
             max_score=HUGE_SCORE,
+            value_offset=4.0,
         ),
         # the distance energy
         CaseSpec(
@@ -372,6 +431,7 @@ def case_specs() -> list[CaseSpec]:
             seed=31,
             energy="distance",
             max_score=HUGE_SCORE,
+            value_offset=4.0,
         ),
         # ties
         CaseSpec(
@@ -401,6 +461,17 @@ def case_specs() -> list[CaseSpec]:
             d_v=3,
             seed=34,
             positions_dim=3,
+        ),
+        CaseSpec(
+            "positions_large",
+            "positional vectors of entries up to about 10 (d_p = 2), v far from zero",
+            Hierarchy.balanced(27, 3),
+            d_k=4,
+            d_v=3,
+            seed=42,
+            positions_dim=2,
+            positions_scale=4.0,
+            value_offset=3.0,
         ),
         CaseSpec(
             "positions_forest_distance",
