@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from hsa_ref import Hierarchy, attention_from_shares, family_shares
-from hsa_ref.golden_cases.specs import random_tree
+from hsa_ref.conformance.golden_set.specs import random_tree
 from hsa_ref.tolerance import DTYPES, limits
 
 MAGNITUDES = (0.1, 1.0, 5.0, 30.0, 1e4)

@@ -266,7 +266,7 @@ def wrong_for_positions_over_3(q, k, v, hierarchy, *, positions=None, **kw):
 
 # ---------------------------------------------------------------- ports that compute nothing
 def _golden_answer(q: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor | None:
-    from hsa_ref.formats import load_cases
+    from hsa_ref.conformance.formats import load_cases
 
     for case in load_cases():
         same = case.hierarchy == hierarchy and case.q.shape == q.shape

@@ -29,8 +29,8 @@ from hsa_ref.conformance import (
     main,
     run,
 )
-from hsa_ref.formats import SET_VERSION
-from hsa_ref.golden_cases import load_cases
+from hsa_ref.conformance.formats import SET_VERSION
+from hsa_ref.conformance.golden_set import load_cases
 from hsa_ref.tolerance import DTYPES
 
 TESTS = Path(__file__).resolve().parent
@@ -256,8 +256,8 @@ def test_the_default_property_suite_reaches_large_trees():
     from hypothesis import given, seed, settings
 
     from hsa_ref.conformance.properties import PROPERTIES
+    from hsa_ref.conformance.strategies import HSACase
     from hsa_ref.conformance.target import FULL
-    from hsa_ref.strategies import HSACase
 
     drawn: list[HSACase] = []
 
@@ -529,7 +529,7 @@ def test_report_and_saved_failures_replay(tmp_path, capsys):
 # ---------------------------------------------------------------- command line and usage errors
 def test_load_impl():
     assert load_impl("hsa_ref:hsa_reference") is hsa_reference
-    assert load_impl("hsa_ref.golden_cases:GoldenCase.from_dict") is not None
+    assert load_impl("hsa_ref.conformance.golden_set:GoldenCase.from_dict") is not None
     for spec, match in [
         ("hsa_ref.hsa_reference", "must look like"),
         ("hsa_ref:", "must look like"),
@@ -610,12 +610,20 @@ def test_python_dash_m_entry_point():
 def test_pytest_plugin_is_registered():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     plugins = meta["project"]["entry-points"]["pytest11"]
-    assert plugins == {"hsa_ref.pytest_plugin": "hsa_ref.pytest_plugin"}
+    assert plugins == {"hsa_ref.conformance.pytest_plugin": "hsa_ref.conformance.pytest_plugin"}
 
 
 def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    cmd = [sys.executable, "-m", "pytest", "-p", "hsa_ref.pytest_plugin", "-p", "no:cacheprovider"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "hsa_ref.conformance.pytest_plugin",
+        "-p",
+        "no:cacheprovider",
+    ]
     return subprocess.run(
         [*cmd, "-rfs", *args],
         cwd=tmp_path,

@@ -13,7 +13,7 @@ import hsa_fast.programme
 from hsa_fast import compile_hierarchy, hsa
 from hsa_fast.programme import hsa_programme
 from hsa_ref import Hierarchy, hsa_reference
-from hsa_ref.strategies import hierarchies, hsa_cases
+from hsa_ref.conformance.strategies import hierarchies, hsa_cases
 from hsa_ref.tolerance import compare_to_reference
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hsa_ref import golden_cases
-from hsa_ref.golden_cases import (
+from hsa_ref.conformance.golden_set import (
     CASE_FORMAT,
     GOLDEN_DIR,
     GoldenCase,
@@ -230,7 +230,7 @@ def test_every_dtype_can_check_most_of_the_set(stored):
 
 def test_small_cases_carry_the_recursion_step_by_step(stored):
     """``structure``: theta reproduces ``out``, mu is what theta keeps, F and L obey SPEC 3."""
-    from hsa_ref.diagnostics import family_table
+    from hsa_ref.conformance.diagnostics import family_table
 
     small = [c for c in stored if c.hierarchy.num_leaves <= golden_cases.STRUCTURE_MAX_LEAVES]
     assert len(small) >= 20

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hsa_ref import TREE_FORMAT, Hierarchy
-from hsa_ref.strategies import hierarchies
+from hsa_ref.conformance.strategies import hierarchies
 
 
 def test_from_parents_facts():

@@ -17,7 +17,7 @@ from hsa_ref import (
     log_partition,
     softmax_kl_lower_bound,
 )
-from hsa_ref.strategies import hierarchies, hsa_cases
+from hsa_ref.conformance.strategies import hierarchies, hsa_cases
 
 
 def _randn(seed: int, *shape: int) -> torch.Tensor:

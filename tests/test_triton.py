@@ -28,7 +28,7 @@ from hsa_fast.backends import choose_backend
 from hsa_fast.triton import record_launches, triton_interpreted, triton_plan
 from hsa_fast.triton.plan import bucket_launch
 from hsa_ref import Hierarchy
-from hsa_ref.strategies import hierarchies, hsa_cases
+from hsa_ref.conformance.strategies import hierarchies, hsa_cases
 from hsa_ref.tolerance import compare_to_reference
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hsa_ref.conformance.properties import PORT_SIZES
-from hsa_ref.strategies import HSACase, hierarchies, hsa_cases, large_hierarchies
+from hsa_ref.conformance.strategies import HSACase, hierarchies, hsa_cases, large_hierarchies
 from hsa_ref.tolerance import DTYPES, limits
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -24,8 +24,8 @@ process, or hung), 2 a usage error (bad arguments, import failure of the harness
 run in which nothing was checked).
 """
 
-from ..formats import OUTPUT_FORMAT
 from .cli import main
+from .formats import OUTPUT_FORMAT
 from .golden import check_case, check_golden, check_output_dir
 from .outcome import (
     FAILED,

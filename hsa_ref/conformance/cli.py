@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ..calling import DEFAULT_TIMEOUT
-from ..formats import (
-    GOLDEN_DIR,
-)
 from ..tolerance import (
     DTYPES,
 )
 from ..validation import ENERGIES
+from .calling import DEFAULT_TIMEOUT
+from .formats import (
+    GOLDEN_DIR,
+)
 from .properties import PROPERTIES
 from .runner import DEFAULT_EXAMPLES, run, save_failures
 from .target import Capabilities, ImplementationError, UsageError, load_impl

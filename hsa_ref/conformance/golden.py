@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..formats import (
-    GoldenCase,
-    read_output,
-)
 from ..tolerance import (
     Agreement,
+)
+from .formats import (
+    GoldenCase,
+    read_output,
 )
 from .outcome import FAILED, Outcome
 from .target import Target, theta_diagnostic

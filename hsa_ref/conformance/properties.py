@@ -14,13 +14,13 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from ..calling import Call
 from ..hierarchy import Hierarchy
 from ..reference import score_matrix, split_trees
-from ..strategies import HSACase, hierarchies, hsa_cases, large_hierarchies
 from ..tolerance import Limit, hull_violation, limits, score_magnitude
 from ..validation import check_scale
+from .calling import Call
 from .outcome import FAILED, PASSED, UNSUPPORTED, Outcome
+from .strategies import HSACase, hierarchies, hsa_cases, large_hierarchies
 from .target import Capabilities, Target
 
 __all__ = [

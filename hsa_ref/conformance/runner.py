@@ -10,19 +10,19 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..calling import DEFAULT_TIMEOUT
-from ..formats import (
+from .calling import DEFAULT_TIMEOUT
+from .formats import (
     GOLDEN_DIR,
     GoldenCase,
     load_cases,
     load_index,
     write_cases,
 )
-from ..golden_cases import make_case
-from ..strategies import HSACase
 from .golden import check_golden, check_output_dir
+from .golden_set import make_case
 from .outcome import FAILED, Outcome, Report
 from .properties import DEFAULT_EXAMPLES, PROPERTIES, check_properties
+from .strategies import HSACase
 from .target import (
     FULL,
     Capabilities,

@@ -10,8 +10,6 @@ from typing import Any
 
 import torch
 
-from ..calling import DEFAULT_TIMEOUT, Call, call
-from ..diagnostics import diagnose
 from ..hierarchy import Hierarchy
 from ..reference import hsa_attention_matrix
 from ..tolerance import (
@@ -20,6 +18,8 @@ from ..tolerance import (
     low_precision_dtype,
 )
 from ..validation import ENERGIES
+from .calling import DEFAULT_TIMEOUT, Call, call
+from .diagnostics import diagnose
 
 __all__ = [
     "FULL",
@@ -182,8 +182,8 @@ class Target:
 
 # ---------------------------------------------------------------------------- diagnostics
 def theta_diagnostic(target: Target, q, k, hierarchy: Hierarchy, kwargs: dict) -> str:
-    """The first three of :func:`hsa_ref.diagnostics.diagnose`'s findings for ``q, k`` (2-D),
-    one a line, most telling first."""
+    """The first three of :func:`.diagnostics.diagnose`'s findings for ``q, k`` (2-D), one a
+    line, most telling first."""
     n = hierarchy.num_leaves
     eye = torch.eye(n, dtype=q.dtype)
     got = call(

@@ -3,8 +3,7 @@
 :func:`make_case` evaluates the float64 reference (output and gradients of
 ``sum(grad_out * out)``), the reference in float32, bfloat16 and float16, and the ``tolerance``
 and ``structure`` records of an ``hsa-case/1`` file for given inputs; :func:`build_case` draws
-the inputs of a :class:`~hsa_ref.golden_cases.specs.CaseSpec` first; :func:`generate` builds the
-whole set.
+the inputs of a :class:`~.specs.CaseSpec` first; :func:`generate` builds the whole set.
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..formats import GoldenCase, dtype_name, quantity_kind
-from ..hierarchy import Hierarchy
-from ..reference import family_shares, hsa_attention_matrix, log_partition, sibling_log_partition
-from ..rounding import LAMBDA, TRANSCENDENTAL
-from ..tolerance import (
+from ...hierarchy import Hierarchy
+from ...reference import family_shares, hsa_attention_matrix, log_partition, sibling_log_partition
+from ...rounding import LAMBDA, TRANSCENDENTAL
+from ...tolerance import (
     ATOL_FACTOR,
     DTYPES,
     MARGIN,
@@ -34,7 +32,8 @@ from ..tolerance import (
     make_limit,
     score_magnitude,
 )
-from ..validation import check_scale
+from ...validation import check_scale
+from ..formats import GoldenCase, dtype_name, quantity_kind
 from .specs import CaseSpec, case_specs
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .hierarchy import Hierarchy
+from ..hierarchy import Hierarchy
 
 __all__ = ["diagnose", "family_table"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .hierarchy import Hierarchy
+from ..hierarchy import Hierarchy
 
 __all__ = ["DEFAULT_TIMEOUT", "Call", "CallTimeout", "call"]
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from ...tolerance import DTYPES
 from ..formats import GoldenCase
-from ..tolerance import DTYPES
 
 __all__ = ["drift"]
 

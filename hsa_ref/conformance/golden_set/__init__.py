@@ -1,9 +1,9 @@
 """Golden cases: fixed HSA inputs with float64 reference outputs, for ports in any language.
 
-Each case is one ``hsa-case/1`` JSON file (SPEC section 7) in ``hsa_ref/golden/``, listed in
-``hsa_ref/golden/index.json``. Inputs are float64 numbers that are exactly representable in
-float32, bfloat16 and float16, so a port in any of those dtypes reads exactly the inputs the
-reference saw. Every file stores
+Each case is one ``hsa-case/1`` JSON file (SPEC section 7) in
+``hsa_ref/conformance/golden_set/files/``, listed in its ``index.json``. Inputs are float64
+numbers that are exactly representable in float32, bfloat16 and float16, so a port in any of
+those dtypes reads exactly the inputs the reference saw. Every file stores
 
 - ``out`` and ``grad_q``, ``grad_k``, ``grad_v`` (``grad_positions``): the float64 reference
   output and its autograd gradients of ``sum(grad_out * out)`` for the stored ``grad_out``,
@@ -11,11 +11,12 @@ reference saw. Every file stores
 - ``tolerance``: the numbers of SPEC section 6's rule per dtype and quantity, so a port can
   apply it without Python.
 
-Regenerate the set with ``python -m hsa_ref.golden_cases --write`` and check that the stored files
-still match a fresh generation with ``python -m hsa_ref.golden_cases --check``. The format is
-described in ``docs/PORTING.md``.
+Regenerate the set with ``python -m hsa_ref.conformance.golden_set --write`` and check that
+the stored files still match a fresh generation with
+``python -m hsa_ref.conformance.golden_set --check``. The format is described in
+``docs/PORTING.md``.
 
-Modules, each importing only those above it: :mod:`hsa_ref.formats` (the files and
+Modules, each importing only those above it: :mod:`hsa_ref.conformance.formats` (the files and
 :class:`GoldenCase`), ``specs`` (the table: :func:`case_specs`), ``build`` (:func:`make_case`,
 :func:`generate`), ``drift`` (:func:`drift`), ``cli`` (:func:`main`).
 """

@@ -2,8 +2,8 @@
 
 A case is named, described, given a tree, sizes, options and the seed of its inputs; the trees
 are fixed or drawn by :func:`random_tree`, which is the same on every machine. A change to the
-table that a port must notice raises :data:`hsa_ref.formats.SET_VERSION`; regenerate the files
-with ``python -m hsa_ref.golden_cases --write``.
+table that a port must notice raises :data:`hsa_ref.conformance.formats.SET_VERSION`;
+regenerate the files with ``python -m hsa_ref.conformance.golden_set --write``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..hierarchy import Hierarchy
+from ...hierarchy import Hierarchy
 
 __all__ = ["HUGE_SCORE", "CaseSpec", "case_specs", "random_tree"]
 

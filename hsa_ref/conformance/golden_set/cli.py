@@ -1,4 +1,4 @@
-"""``python -m hsa_ref.golden_cases --path | --write [DIR] | --check [DIR]``."""
+"""``python -m hsa_ref.conformance.golden_set --path | --write [DIR] | --check [DIR]``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """``--write [DIR]`` regenerates, ``--check [DIR]`` compares, ``--path`` prints the folder."""
     parser = argparse.ArgumentParser(
-        prog="python -m hsa_ref.golden_cases",
+        prog="python -m hsa_ref.conformance.golden_set",
         description="Regenerate or check the golden hsa-case/1 files.",
     )
     group = parser.add_mutually_exclusive_group(required=True)

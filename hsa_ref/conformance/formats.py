@@ -9,7 +9,7 @@
   ``hsa_ref.conformance --outputs`` judges.
 
 The tree inside a case is ``hsa-tree/1`` (:class:`hsa_ref.Hierarchy`). Making cases is
-:mod:`hsa_ref.golden_cases`' business; this module only holds, reads and writes them.
+:mod:`hsa_ref.conformance.golden_set`' business; this module only holds, reads and writes them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .hierarchy import Hierarchy
-from .tolerance import DTYPES, Agreement, Limit, low_precision_dtype
+from ..hierarchy import Hierarchy
+from ..tolerance import DTYPES, Agreement, Limit, low_precision_dtype
 
 __all__ = [
     "CASE_FORMAT",
@@ -47,7 +47,7 @@ INDEX_FORMAT = "hsa-golden-index/1"
 OUTPUT_FORMAT = "hsa-output/1"
 SET_VERSION = 4
 """The version of the golden set: raised by any change to it that a port must notice."""
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden_set" / "files"
 QUANTITIES = ("out", "grad_q", "grad_k", "grad_v", "grad_positions")
 
 
@@ -268,7 +268,7 @@ def write_cases(cases: Sequence[GoldenCase], directory: Path | str = GOLDEN_DIR)
     index = {
         "format": INDEX_FORMAT,
         "set_version": SET_VERSION,
-        "generator": "python -m hsa_ref.golden_cases --write",
+        "generator": "python -m hsa_ref.conformance.golden_set --write",
         "cases": [c.name for c in cases],
     }
     index_path.write_text(json.dumps(index, indent=2) + "\n")

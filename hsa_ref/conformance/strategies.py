@@ -19,8 +19,8 @@ import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from .hierarchy import Hierarchy
-from .validation import ENERGIES
+from ..hierarchy import Hierarchy
+from ..validation import ENERGIES
 
 __all__ = ["HEAD_SIZES", "LARGE_LEAVES", "HSACase", "hierarchies", "hsa_cases", "large_hierarchies"]
 
@@ -133,7 +133,7 @@ def large_hierarchies(
     """One large tree: balanced (b from 2 to 128), wide (one family of up to ``max_branching``
     children, leaves or small subtrees) or random deep-and-wide (families of up to 256
     children, depth up to 7), with ``64 .. max_leaves`` leaves."""
-    from .golden_cases.specs import random_tree
+    from .golden_set.specs import random_tree
 
     kind = draw(st.sampled_from(["balanced", "wide", "deep_and_wide"]))
     seed = draw(st.integers(0, 2**16))

@@ -1,9 +1,9 @@
 """pytest plugin: ``pytest --hsa-impl package.module:function`` runs the conformance harness.
 
 hsa-suite registers this module through the ``pytest11`` entry point, so the options exist
-wherever the package is installed (``-p hsa_ref.pytest_plugin`` loads it explicitly). Without
-``--hsa-impl`` or ``--hsa-outputs`` it adds nothing. With one of them, every golden case
-(output and gradients) and every property of :mod:`hsa_ref.conformance` becomes a test item
+wherever the package is installed (``-p hsa_ref.conformance.pytest_plugin`` loads it
+explicitly). Without ``--hsa-impl`` or ``--hsa-outputs`` it adds nothing. With one of them,
+every golden case (output and gradients) and every property of :mod:`hsa_ref.conformance` becomes a test item
 marked ``hsa_conformance`` (``-m hsa_conformance`` selects only these). A failing item reports
 its max error, its tolerance and its diagnostic; for properties the minimal failing example.
 A check that is unsupported by the implementation or not checkable in the dtype is skipped
@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from .calling import DEFAULT_TIMEOUT
-from .conformance import (
+from ..tolerance import DTYPES
+from ..validation import ENERGIES
+from . import (
     DEFAULT_EXAMPLES,
     FAILED,
     PASSED,
@@ -42,9 +43,8 @@ from .conformance import (
     load_impl,
     select_cases,
 )
+from .calling import DEFAULT_TIMEOUT
 from .formats import GOLDEN_DIR
-from .tolerance import DTYPES
-from .validation import ENERGIES
 
 _STATE = pytest.StashKey[dict[str, Any]]()
 
