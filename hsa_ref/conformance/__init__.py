@@ -27,6 +27,7 @@ run in which nothing was checked).
 from .cli import main
 from .formats import OUTPUT_FORMAT
 from .golden import check_case, check_golden, check_output_dir
+from .loading import ImplementationError, UsageError, load_impl
 from .outcome import (
     FAILED,
     PASSED,
@@ -34,6 +35,7 @@ from .outcome import (
     UNCHECKABLE,
     UNSUPPORTED,
     Outcome,
+    Progress,
     Report,
 )
 from .properties import (
@@ -44,17 +46,18 @@ from .properties import (
     check_properties,
     check_property,
 )
-from .runner import run, save_failures, select_cases
+from .protocol import PORT_FORMAT
+from .runner import open_target, run, save_failures, select_cases
 from .target import (
     FULL,
     Capabilities,
-    ImplementationError,
+    InProcessTarget,
+    PortTarget,
     Target,
-    UsageError,
     device_or_usage_error,
     dtype_or_usage_error,
     leaves_contiguous,
-    load_impl,
+    python_port_command,
 )
 
 __all__ = [
@@ -63,13 +66,17 @@ __all__ = [
     "FULL",
     "OUTPUT_FORMAT",
     "PASSED",
+    "PORT_FORMAT",
     "PROPERTIES",
     "REPORT_FORMAT",
     "UNCHECKABLE",
     "UNSUPPORTED",
     "Capabilities",
     "ImplementationError",
+    "InProcessTarget",
     "Outcome",
+    "PortTarget",
+    "Progress",
     "Property",
     "PropertyViolation",
     "Report",
@@ -85,6 +92,8 @@ __all__ = [
     "leaves_contiguous",
     "load_impl",
     "main",
+    "open_target",
+    "python_port_command",
     "run",
     "save_failures",
     "select_cases",

@@ -9,24 +9,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
-from ..tolerance import (
-    DTYPES,
-)
-from ..validation import ENERGIES
+from ..tolerance import DTYPES
 from .calling import DEFAULT_TIMEOUT
-from .formats import (
-    GOLDEN_DIR,
-)
+from .formats import GOLDEN_DIR
+from .frameworks import FRAMEWORKS
+from .loading import ImplementationError, UsageError
 from .properties import PROPERTIES
-from .runner import DEFAULT_EXAMPLES, run, save_failures
-from .target import Capabilities, ImplementationError, UsageError, load_impl
+from .runner import DEFAULT_EXAMPLES, check_save_folder, run, save_failures
+from .serve import capability_flags, declared_capabilities
+from .target import Capabilities
 
-__all__ = [
-    "main",
-]
+__all__ = ["StderrProgress", "capabilities_from", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,9 +33,26 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all checks passed, 1 a check failed, 2 a usage error.",
     )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--impl", metavar="MODULE:FUNCTION", help="a Python implementation")
+    target.add_argument(
+        "--impl",
+        metavar="MODULE:FUNCTION",
+        help="a Python implementation (package.module:function or path/to/file.py:function), "
+        "run in a child process",
+    )
+    target.add_argument(
+        "--command", metavar='"CMD ARGS"', help="a port in any language speaking hsa-port/1"
+    )
     target.add_argument("--outputs", metavar="DIR", help="a folder of hsa-output/1 files")
-    p.add_argument("--dtype", default="float64", choices=list(DTYPES), help="(--impl only)")
+    p.add_argument(
+        "--framework", choices=FRAMEWORKS, default="torch", help="what --impl computes with"
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run --impl (torch) in the harness's own process, for a debugger; gives up the "
+        "isolation of a child process",
+    )
+    p.add_argument("--dtype", default="float64", choices=list(DTYPES), help="of the inputs")
     p.add_argument("--device", default="cpu", help="torch device for --impl, e.g. cuda")
     p.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, help="per property")
     p.add_argument("--seed", type=int, default=0, help="Hypothesis seed")
@@ -50,34 +64,47 @@ def _parser() -> argparse.ArgumentParser:
     only = p.add_mutually_exclusive_group()
     only.add_argument("--golden-only", action="store_true", help="no property suite")
     only.add_argument("--properties-only", action="store_true", help="no golden cases")
-    caps = p.add_argument_group("capabilities (what the implementation supports)")
-    caps.add_argument(
-        "--energy",
-        action="append",
-        choices=ENERGIES,
-        help="an energy it supports (repeatable; default both)",
-    )
-    caps.add_argument("--single-tree", action="store_true", help="no forests")
-    caps.add_argument("--without-positions", action="store_true", help="no positions=")
-    caps.add_argument(
-        "--contiguous-leaves",
-        action="store_true",
-        help="only trees whose every subtree is a contiguous range of rows",
-    )
-    caps.add_argument(
-        "--without-batches", action="store_true", help="only (N, d) inputs, no batch dimensions"
-    )
-    caps.add_argument("--forward-only", action="store_true", help="no gradients are checked")
+    capability_flags(p)
     p.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
-        help="seconds per call before it counts as hung (default %(default)g)",
+        help="seconds a call may take before it counts as hung (default %(default)g)",
     )
-    p.add_argument("--save-failures", metavar="DIR", help="write failing cases as hsa-case/1")
+    p.add_argument(
+        "--save-failures", metavar="DIR", help="write failing cases as hsa-case/1 (a new folder)"
+    )
     p.add_argument("--report", metavar="FILE", help="write a JSON report")
-    p.add_argument("--quiet", action="store_true", help="print failures and the summary only")
+    p.add_argument("--quiet", action="store_true", help="print the failures and the summary only")
     return p
+
+
+def capabilities_from(args: argparse.Namespace) -> Capabilities:
+    """The capabilities the flags of :func:`~.serve.capability_flags` declare."""
+    caps = declared_capabilities(args)
+    return Capabilities(
+        energies=tuple(caps["energies"]),
+        **{key: caps[key] for key in caps if key != "energies"},
+    )
+
+
+class StderrProgress:
+    """Progress on a stream: on a terminal a line that updates in place, elsewhere only the
+    finished blocks."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+
+    def update(self, text: str) -> None:
+        if self.live:
+            self.stream.write(f"\r[hsa] {text}\033[K")
+            self.stream.flush()
+
+    def done(self, text: str) -> None:
+        prefix, clear = ("\r", "\033[K") if self.live else ("", "")
+        self.stream.write(f"{prefix}[hsa] {text}{clear}\n")
+        self.stream.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,30 +120,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    capabilities = Capabilities(
-        energies=tuple(dict.fromkeys(args.energy)) if args.energy else ENERGIES,
-        forests=not args.single_tree,
-        positions=not args.without_positions,
-        gradients=not args.forward_only,
-        shuffled_leaves=not args.contiguous_leaves,
-        batches=not args.without_batches,
-    )
     try:
-        impl = load_impl(args.impl) if args.impl else None
+        if args.save_failures:
+            check_save_folder(args.save_failures)
         report = run(
-            impl,
+            args.impl,
+            command=args.command,
             outputs=args.outputs,
             dtype=args.dtype,
             device=args.device,
+            framework=args.framework,
+            in_process=args.in_process,
             examples=args.examples,
             seed=args.seed,
             golden_dir=args.golden,
             cases=args.case,
             properties=[] if args.golden_only or args.outputs else args.property,
             golden=not args.properties_only,
-            capabilities=capabilities,
+            capabilities=capabilities_from(args),
             timeout=args.timeout,
-            label=args.impl or "",
+            label=args.impl or args.command or "",
+            progress=StderrProgress(),
         )
         if report.checked == 0:
             raise UsageError(

@@ -14,6 +14,7 @@ The tree inside a case is ``hsa-tree/1`` (:class:`hsa_ref.Hierarchy`). Making ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "QUANTITIES",
     "SET_VERSION",
     "GoldenCase",
+    "digests",
     "dtype_name",
     "load_cases",
     "load_index",
@@ -251,12 +253,21 @@ def _dump(obj: dict[str, Any]) -> str:
     return text(obj, "") + "\n"
 
 
-def write_cases(cases: Sequence[GoldenCase], directory: Path | str = GOLDEN_DIR) -> list[Path]:
-    """Write ``<name>.json`` per case and ``index.json``; stale case files are removed."""
+def write_cases(
+    cases: Sequence[GoldenCase], directory: Path | str, *, replace: bool = False
+) -> list[Path]:
+    """Write ``<name>.json`` per case and ``index.json`` into ``directory``.
+
+    The folder must be new or empty: nothing is ever overwritten or deleted
+    (:class:`FileExistsError` otherwise). ``replace`` is for regenerating a golden set in
+    place: files are overwritten and case files the new index no longer lists are removed.
+    """
     directory = Path(directory)
+    if not replace and directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} is not empty: cases are written into a new folder")
     directory.mkdir(parents=True, exist_ok=True)
     index_path = directory / "index.json"
-    if index_path.exists():
+    if replace and index_path.exists():
         for old in json.loads(index_path.read_text())["cases"]:
             if old not in {c.name for c in cases}:
                 (directory / f"{old}.json").unlink(missing_ok=True)
@@ -275,6 +286,33 @@ def write_cases(cases: Sequence[GoldenCase], directory: Path | str = GOLDEN_DIR)
     return paths
 
 
+def digests(directory: Path | str) -> dict[str, str]:
+    """The SHA-256 of every JSON file of a golden folder, by file name."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(directory).glob("*.json"))
+    }
+
+
+def _check_shipped(directory: Path) -> None:
+    """The package's own golden set must be the one it shipped (a port, or anything else,
+    may have rewritten the files since): ``ValueError`` naming the first file that differs."""
+    from .golden_set.shipped import SHA256
+
+    if directory.resolve() != GOLDEN_DIR.resolve():
+        return
+    found = digests(directory)
+    for name, digest in SHA256.items():
+        if found.get(name) != digest:
+            raise ValueError(
+                f"the golden set in {directory} is not the one this version of hsa-suite "
+                f"ships ({name} differs or is missing): reinstall the package"
+            )
+    extra = sorted(found.keys() - SHA256.keys())
+    if extra:
+        raise ValueError(f"the golden set in {directory} has files it did not ship: {extra}")
+
+
 def load_index(directory: Path | str = GOLDEN_DIR) -> dict[str, Any]:
     """The parsed ``index.json`` of a golden directory (``ValueError`` if absent or malformed)."""
     path = Path(directory) / "index.json"
@@ -289,8 +327,11 @@ def load_index(directory: Path | str = GOLDEN_DIR) -> dict[str, Any]:
 def load_cases(
     directory: Path | str = GOLDEN_DIR, names: Sequence[str] | None = None
 ) -> list[GoldenCase]:
-    """The golden cases stored in ``directory``, in index order (or just those named)."""
+    """The golden cases stored in ``directory``, in index order (or just those named);
+    ``ValueError`` when a file is missing, malformed, or (for the package's own set) not the
+    one it shipped."""
     directory = Path(directory)
+    _check_shipped(directory)
     wanted = load_index(directory)["cases"] if names is None else list(names)
     cases = []
     for name in wanted:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from .formats import (
     GoldenCase,
     read_output,
 )
-from .outcome import FAILED, Outcome
+from .outcome import FAILED, Outcome, Progress
 from .target import Target, theta_diagnostic
 
 __all__ = [
@@ -74,9 +75,23 @@ def check_case(target: Target, case: GoldenCase) -> list[Outcome]:
     return outcomes
 
 
-def check_golden(target: Target, cases: Sequence[GoldenCase]) -> list[Outcome]:
-    """:func:`check_case` for every case."""
-    return [o for case in cases for o in check_case(target, case)]
+def check_golden(
+    target: Target, cases: Sequence[GoldenCase], progress: Progress | None = None
+) -> list[Outcome]:
+    """:func:`check_case` for every case (``progress`` hears of each, and of the end)."""
+    start, outcomes = time.perf_counter(), []
+    for i, case in enumerate(cases, 1):
+        outcomes += check_case(target, case)
+        if progress is not None:
+            failed = sum(o.status == FAILED for o in outcomes)
+            progress.update(f"golden cases: {i}/{len(cases)}, {failed} failed")
+    if progress is not None and cases:
+        failed = sum(o.status == FAILED for o in outcomes)
+        progress.done(
+            f"golden cases: {len(cases)} cases, {len(outcomes)} checks, {failed} failed "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    return outcomes
 
 
 def check_output_dir(directory: Path | str, cases: Sequence[GoldenCase]) -> list[Outcome]:

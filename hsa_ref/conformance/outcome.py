@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "FAILED",
@@ -15,11 +15,21 @@ __all__ = [
     "UNCHECKABLE",
     "UNSUPPORTED",
     "Outcome",
+    "Progress",
     "Report",
 ]
 
 REPORT_FORMAT = "hsa-conformance-report/1"
 PASSED, FAILED, UNCHECKABLE, UNSUPPORTED = "passed", "failed", "not checkable", "unsupported"
+
+
+class Progress(Protocol):
+    """Where a run reports how far it is: ``update`` a running count (the next one replaces
+    it), ``done`` a finished block of golden cases or a finished property."""
+
+    def update(self, text: str) -> None: ...
+
+    def done(self, text: str) -> None: ...
 
 
 # ---------------------------------------------------------------------------- outcomes
@@ -88,8 +98,10 @@ class Report:
         return not self.failures and self.checked > 0
 
     def format(self, *, verbose: bool = True) -> str:
+        """Every outcome a line (``verbose``), or only the failures; then the summary, which
+        names what failed, what the dtype could not resolve and what was unsupported."""
         lines = [self.header]
-        lines += [o.line() for o in self.outcomes if verbose or o.status != PASSED]
+        lines += [o.line() for o in self.outcomes if verbose or o.status == FAILED]
         c = self.counts
         lines.append(
             f"{len(self.outcomes)} checks: {c[PASSED]} passed, {c[FAILED]} failed, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from ..reference import score_matrix, split_trees
 from ..tolerance import Limit, hull_violation, limits, score_magnitude
 from ..validation import check_scale
 from .calling import Call
-from .outcome import FAILED, PASSED, UNSUPPORTED, Outcome
+from .outcome import FAILED, PASSED, UNSUPPORTED, Outcome, Progress
 from .strategies import HSACase, hierarchies, hsa_cases, large_hierarchies
 from .target import Capabilities, Target
 
@@ -502,7 +503,7 @@ class Property:
     needs_batches: bool = False
 
 
-LARGE_EVERY = 16
+LARGE_EVERY = 32
 """About one example in this many is a large tree (``large_hierarchies``), where drawn."""
 PORT_SIZES: dict[str, Any] = {
     "head_sizes": True,
@@ -645,6 +646,7 @@ def check_property(
     examples: int = DEFAULT_EXAMPLES,
     seed: int = 0,
     shrink: bool = True,
+    progress: Progress | None = None,
 ) -> Outcome:
     """Run one property for ``examples`` Hypothesis examples; a failure is shrunk to a minimum.
 
@@ -678,11 +680,25 @@ def check_property(
         prop.check(target, case, data)
         resolved = _RUN.resolved
         _RUN.count()
+        if progress is not None:
+            progress.update(f"property {prop.name}: {_RUN.checked} of {examples} examples resolved")
         if not resolved:  # held to what holds at any precision; draw another for a verdict
             reject()
 
     global _RUN
     _RUN = _Run(shrink=shrink)
+    start = time.perf_counter()
+    outcome = _verdict(prop, target, run_property)
+    if progress is not None:
+        status = {PASSED: "passed", FAILED: "FAILED"}.get(outcome.status, outcome.status)
+        progress.done(
+            f"property {prop.name}: {status}, {_RUN.checked} examples resolved "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    return outcome
+
+
+def _verdict(prop: Property, target: Target, run_property: Callable[[], None]) -> Outcome:
     try:
         run_property()
     except PropertyViolation as exc:
@@ -719,8 +735,12 @@ def check_properties(
     seed: int = 0,
     names: Sequence[str] | None = None,
     shrink: bool = True,
+    progress: Progress | None = None,
 ) -> list[Outcome]:
     """Run the named properties (all of :data:`PROPERTIES` by default); without ``shrink`` a
     failure is reported as first found, not shrunk to a minimal example."""
     props = [PROPERTIES[n] for n in names] if names is not None else list(PROPERTIES.values())
-    return [check_property(target, p, examples=examples, seed=seed, shrink=shrink) for p in props]
+    return [
+        check_property(target, p, examples=examples, seed=seed, shrink=shrink, progress=progress)
+        for p in props
+    ]

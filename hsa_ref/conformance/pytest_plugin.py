@@ -3,9 +3,10 @@
 hsa-suite registers this module through the ``pytest11`` entry point, so the options exist
 wherever the package is installed (``-p hsa_ref.conformance.pytest_plugin`` loads it
 explicitly). Without ``--hsa-impl`` or ``--hsa-outputs`` it adds nothing. With one of them,
-every golden case (output and gradients) and every property of :mod:`hsa_ref.conformance` becomes a test item
-marked ``hsa_conformance`` (``-m hsa_conformance`` selects only these). A failing item reports
-its max error, its tolerance and its diagnostic; for properties the minimal failing example.
+every golden case (output and gradients) and every property of :mod:`hsa_ref.conformance`
+becomes a test item marked ``hsa_conformance`` (``-m hsa_conformance`` selects only these).
+A failing item reports its max error, its tolerance and its diagnostic; for properties the
+minimal failing example.
 A check that is unsupported by the implementation or not checkable in the dtype is skipped
 with the reason.
 
@@ -18,6 +19,7 @@ and the capabilities ``--hsa-energy``, ``--hsa-single-tree``, ``--hsa-without-po
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,25 +28,16 @@ import pytest
 
 from ..tolerance import DTYPES
 from ..validation import ENERGIES
-from . import (
-    DEFAULT_EXAMPLES,
-    FAILED,
-    PASSED,
-    PROPERTIES,
-    Capabilities,
-    ImplementationError,
-    Outcome,
-    Target,
-    UsageError,
-    check_case,
-    check_output_dir,
-    check_property,
-    device_or_usage_error,
-    load_impl,
-    select_cases,
-)
 from .calling import DEFAULT_TIMEOUT
+from .cli import capabilities_from
 from .formats import GOLDEN_DIR
+from .frameworks import FRAMEWORKS
+from .golden import check_case, check_output_dir
+from .loading import ImplementationError, UsageError
+from .outcome import FAILED, PASSED, Outcome
+from .properties import DEFAULT_EXAMPLES, PROPERTIES, check_property
+from .runner import open_target, select_cases, within
+from .target import Capabilities
 
 _STATE = pytest.StashKey[dict[str, Any]]()
 
@@ -52,7 +45,10 @@ _STATE = pytest.StashKey[dict[str, Any]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hsa", "HSA conformance (hsa_ref.conformance)")
     group.addoption("--hsa-impl", metavar="MODULE:FUNCTION", help="check this HSA implementation")
+    group.addoption("--hsa-command", metavar='"CMD ARGS"', help="check this hsa-port/1 port")
     group.addoption("--hsa-outputs", metavar="DIR", help="check a folder of hsa-output/1 files")
+    group.addoption("--hsa-framework", default="torch", choices=FRAMEWORKS)
+    group.addoption("--hsa-in-process", action="store_true", help="run --hsa-impl here")
     group.addoption("--hsa-dtype", default="float64", choices=list(DTYPES))
     group.addoption("--hsa-device", default="cpu", help="torch device for --hsa-impl")
     group.addoption("--hsa-examples", type=int, default=DEFAULT_EXAMPLES, help="per property")
@@ -67,43 +63,61 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hsa-forward-only", action="store_true")
 
 
+def _capabilities(config: pytest.Config) -> Capabilities:
+    flags = {
+        name: config.getoption(f"hsa_{name}")
+        for name in (
+            "single_tree",
+            "without_positions",
+            "contiguous_leaves",
+            "without_batches",
+            "forward_only",
+        )
+    }
+    return capabilities_from(argparse.Namespace(energy=config.getoption("hsa_energy"), **flags))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "hsa_conformance: a check of the HSA conformance harness (--hsa-impl)"
     )
-    spec, outputs = config.getoption("hsa_impl"), config.getoption("hsa_outputs")
-    if spec is None and outputs is None:
+    spec, command = config.getoption("hsa_impl"), config.getoption("hsa_command")
+    outputs = config.getoption("hsa_outputs")
+    given = [x for x in (spec, command, outputs) if x is not None]
+    if not given:
         return
-    if spec is not None and outputs is not None:
-        raise pytest.UsageError("give --hsa-impl or --hsa-outputs, not both")
+    if len(given) > 1:
+        raise pytest.UsageError("give one of --hsa-impl, --hsa-command or --hsa-outputs")
     if config.getoption("hsa_examples") < 1:
         raise pytest.UsageError("--hsa-examples must be at least 1")
-    energies = config.getoption("hsa_energy")
-    caps = Capabilities(
-        energies=tuple(dict.fromkeys(energies)) if energies else ENERGIES,
-        forests=not config.getoption("hsa_single_tree"),
-        positions=not config.getoption("hsa_without_positions"),
-        gradients=not config.getoption("hsa_forward_only"),
-        shuffled_leaves=not config.getoption("hsa_contiguous_leaves"),
-        batches=not config.getoption("hsa_without_batches"),
-    )
+    caps = _capabilities(config)
     try:
-        cases, _ = select_cases(config.getoption("hsa_golden"), capabilities=caps)
-        impl = load_impl(spec) if spec is not None else None
+        cases, _ = select_cases(config.getoption("hsa_golden"))
         target = None
-        if impl is not None:
-            target = Target(
-                impl,
-                DTYPES[config.getoption("hsa_dtype")],
-                device_or_usage_error(config.getoption("hsa_device")),
-                config.getoption("hsa_timeout"),
-                caps,
+        if outputs is None:
+            target = open_target(
+                spec,
+                command=command,
+                dtype=DTYPES[config.getoption("hsa_dtype")],
+                device=config.getoption("hsa_device"),
+                framework=config.getoption("hsa_framework"),
+                in_process=config.getoption("hsa_in_process"),
+                timeout=config.getoption("hsa_timeout"),
+                capabilities=caps,
             )
+            caps = target.capabilities
     except (UsageError, ImplementationError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     if outputs is not None and not Path(outputs).is_dir():
         raise pytest.UsageError(f"--hsa-outputs folder {outputs} does not exist")
+    cases, _ = within(cases, caps)
     config.stash[_STATE] = {"target": target, "outputs": outputs, "cases": cases}
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state["target"] is not None:
+        state["target"].close()
 
 
 class ConformanceFailed(Exception):

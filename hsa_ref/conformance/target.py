@@ -1,49 +1,46 @@
-"""The implementation under test: what it supports, how it is loaded and called, and what
-its attention matrix says when an output fails."""
+"""The implementation under test: what it supports, how it is called (in its own process
+through ``hsa-port/1``, or in the harness's own for debugging), and what its attention matrix
+says when an output fails."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+import shlex
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..hierarchy import Hierarchy
 from ..reference import hsa_attention_matrix
-from ..tolerance import (
-    DTYPES,
-    eps,
-    low_precision_dtype,
-)
+from ..tolerance import DTYPES, eps, low_precision_dtype
 from ..validation import ENERGIES
 from .calling import DEFAULT_TIMEOUT, Call, call
 from .diagnostics import diagnose
+from .loading import ImplementationError, UsageError, load_impl
+from .process import PortFailure, PortProcess
+from .protocol import Declaration, ProtocolError, parse_reply, request
 
 __all__ = [
     "FULL",
     "Capabilities",
     "Impl",
     "ImplementationError",
+    "InProcessTarget",
+    "PortTarget",
     "Target",
     "UsageError",
     "device_or_usage_error",
     "dtype_or_usage_error",
     "leaves_contiguous",
     "load_impl",
+    "python_port_command",
     "theta_diagnostic",
 ]
 
 Impl = Callable[..., Any]
-
-
-class UsageError(Exception):
-    """Bad arguments: a malformed ``--impl``, a folder that does not exist, nothing to check."""
-
-
-class ImplementationError(Exception):
-    """The implementation could not even be loaded (it raised, or exited, on import)."""
 
 
 # ---------------------------------------------------------------------------- capabilities
@@ -95,47 +92,35 @@ class Capabilities:
         out += ["--forward-only"] * (not self.gradients)
         return out
 
+    @classmethod
+    def declared(cls, declaration: Declaration) -> Capabilities:
+        """What a port's declaration says it supports."""
+        return cls(
+            energies=declaration.energies,
+            forests=declaration.forests,
+            positions=declaration.positions,
+            gradients=declaration.gradients,
+            shuffled_leaves=declaration.shuffled_leaves,
+            batches=declaration.batches,
+        )
+
+    def __and__(self, other: Capabilities) -> Capabilities:
+        """What both support."""
+        return Capabilities(
+            energies=tuple(e for e in self.energies if e in other.energies),
+            forests=self.forests and other.forests,
+            positions=self.positions and other.positions,
+            gradients=self.gradients and other.gradients,
+            shuffled_leaves=self.shuffled_leaves and other.shuffled_leaves,
+            batches=self.batches and other.batches,
+        )
+
 
 FULL = Capabilities()
 """The capabilities of an implementation that supports everything (the default)."""
 
 
-# ---------------------------------------------------------------------------- loading
-def load_impl(spec: str) -> Impl:
-    """The callable named by ``"package.module:function"`` (or ``module:Class.attribute``).
-
-    Raises :class:`UsageError` for a malformed string, a missing module or attribute, or
-    something that is not callable, and :class:`ImplementationError` when the module raises
-    (or calls ``sys.exit``) while it is imported.
-    """
-    module_name, sep, attr_path = spec.partition(":")
-    parts = attr_path.split(".")
-    if (
-        not sep
-        or not all(p.isidentifier() for p in module_name.split("."))
-        or not all(p.isidentifier() for p in parts)
-    ):
-        raise UsageError(f"--impl must look like package.module:function, got {spec!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
-            raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
-        raise ImplementationError(f"importing {module_name!r} raised {exc!r}") from exc
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        raise ImplementationError(f"importing {module_name!r} raised {exc!r}") from None
-    for part in parts:
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise UsageError(f"{module_name!r} has no attribute {attr_path!r}") from None
-    if not callable(obj):
-        raise UsageError(f"{spec} is a {type(obj).__name__}, not a callable")
-    return obj
-
-
+# ---------------------------------------------------------------------------- options
 def dtype_or_usage_error(name: str) -> torch.dtype:
     """The torch dtype named ``name``, one of the checked dtypes, or :class:`UsageError`."""
     if name not in DTYPES:
@@ -153,9 +138,34 @@ def device_or_usage_error(name: str) -> torch.device:
     return dev
 
 
-@dataclass(frozen=True)
 class Target:
-    """How the implementation under test is called: dtype, device, time limit, capabilities."""
+    """How the implementation under test is called: ``target(q, k, v, hierarchy, kwargs,
+    grad_out)`` gives a :class:`~.calling.Call`. ``dtype`` is what inputs are given in,
+    ``capabilities`` what the implementation supports."""
+
+    dtype: torch.dtype
+    capabilities: Capabilities
+
+    def __call__(
+        self, q, k, v, hierarchy: Hierarchy, kwargs: dict[str, Any], grad_out=None
+    ) -> Call:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the target holds (a child process)."""
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class InProcessTarget(Target):
+    """A Python callable run in the harness's own process (``--in-process``): for a
+    debugger or a profiler. It could reach the harness's memory; its calls get fresh copies
+    of their inputs and a time limit (:func:`~.calling.call`), not a process of their own."""
 
     impl: Impl
     dtype: torch.dtype = torch.float64
@@ -180,15 +190,110 @@ class Target:
         )
 
 
+def python_port_command(
+    spec: str,
+    capabilities: Capabilities = FULL,
+    *,
+    framework: str = "torch",
+    device: str = "cpu",
+    python: str = sys.executable,
+) -> list[str]:
+    """The command that serves the Python callable ``spec`` over ``hsa-port/1``
+    (:mod:`.serve`) with these capabilities declared."""
+    command = [python, "-m", "hsa_ref.conformance.serve", "--impl", spec]
+    command += ["--framework", framework, "--device", device]
+    for flag in capabilities.flags():
+        command += flag.split()
+    return command
+
+
+class PortTarget(Target):
+    """A port in its own process (:class:`~.process.PortProcess`), any language: started
+    here, its declaration read, then one request per call. ``capabilities`` narrow what it
+    declares (never widen it)."""
+
+    def __init__(
+        self,
+        command: Sequence[str] | str,
+        *,
+        dtype: torch.dtype = torch.float64,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        capabilities: Capabilities = FULL,
+        cwd: str | None = None,
+    ) -> None:
+        if isinstance(command, str):
+            command = shlex.split(command)
+        self.dtype = dtype
+        self.process = PortProcess(command, timeout=timeout, cwd=cwd)
+        self._next = 0
+        try:
+            declaration = self.process.start()
+        except PortFailure as exc:
+            self.process.close()
+            if exc.usage:
+                raise UsageError(str(exc)) from None
+            raise ImplementationError(str(exc)) from None
+        name = str(dtype).removeprefix("torch.")
+        if name not in declaration.dtypes:
+            self.process.close()
+            raise UsageError(f"the port declares the dtypes {list(declaration.dtypes)}, not {name}")
+        self.declaration = declaration
+        self.capabilities = Capabilities.declared(declaration) & capabilities
+
+    @property
+    def name(self) -> str:
+        d = self.declaration
+        return f"{d.name} {d.version}".strip()
+
+    def __call__(
+        self, q, k, v, hierarchy: Hierarchy, kwargs: dict[str, Any], grad_out=None
+    ) -> Call:
+        wants = grad_out if self.capabilities.gradients else None
+        self._next += 1
+        line = request(
+            self._next,
+            q,
+            k,
+            v,
+            hierarchy,
+            kwargs,
+            dtype=str(self.dtype).removeprefix("torch."),
+            grad_out=wants,
+            encoding=self.declaration.encoding,
+        )
+        try:
+            reply = parse_reply(self.process.exchange(line), self._next)
+        except PortFailure as exc:
+            return Call(problem=str(exc))
+        except ProtocolError as exc:
+            self.process.close()  # out of step: the next call starts afresh
+            return Call(problem=f"the port broke the protocol: {exc}")
+        if reply.unsupported:
+            return Call(unsupported=reply.unsupported)
+        if reply.error:
+            return Call(problem=f"raised {reply.error}")
+        assert reply.out is not None
+        result = Call(out=torch.from_numpy(reply.out))
+        if wants is not None:
+            names = ["q", "k", "v"] + (["positions"] if "positions" in kwargs else [])
+            missing = [n for n in names if n not in reply.grads]
+            if missing:
+                result.problem = f"no gradient for {', '.join(missing)} in the reply"
+                return result
+            result.grads = {n: torch.from_numpy(np.asarray(reply.grads[n])) for n in names}
+        return result
+
+    def close(self) -> None:
+        self.process.close()
+
+
 # ---------------------------------------------------------------------------- diagnostics
 def theta_diagnostic(target: Target, q, k, hierarchy: Hierarchy, kwargs: dict) -> str:
     """The first three of :func:`.diagnostics.diagnose`'s findings for ``q, k`` (2-D), one a
     line, most telling first."""
     n = hierarchy.num_leaves
     eye = torch.eye(n, dtype=q.dtype)
-    got = call(
-        target.impl, q, k, eye, hierarchy, kwargs, device=target.device, timeout=target.timeout
-    )
+    got = target(q, k, eye, hierarchy, kwargs)
     if not got.ok:
         return f"(theta could not be read with v = I: {got.problem or got.unsupported})"
     kw = {key: kwargs[key] for key in ("scale", "energy", "positions") if key in kwargs}

@@ -5,12 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from ..formats import GOLDEN_DIR, load_cases, write_cases
+from ..formats import GOLDEN_DIR, digests, load_cases, write_cases
 from .build import generate
 from .drift import drift
 
-__all__ = ["main"]
+__all__ = ["main", "write_shipped"]
+
+SHIPPED = Path(__file__).resolve().parent / "shipped.py"
+
+
+def write_shipped(found: dict[str, str]) -> None:
+    """Record the digests of the package's golden set (``shipped.py``), which
+    :func:`~hsa_ref.conformance.formats.load_cases` checks the files against."""
+    lines = [f'    "{name}": "{digest}",' for name, digest in sorted(found.items())]
+    SHIPPED.write_text(
+        '"""The SHA-256 of every file of the golden set this version ships, written by\n'
+        "``python -m hsa_ref.conformance.golden_set --write``: a run refuses a set that "
+        'differs."""\n\n# ruff: noqa: E501\n\n'
+        "SHA256 = {\n" + "\n".join(lines) + "\n}\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     fresh = generate()
     if args.write:
-        paths = write_cases(fresh, args.write)
+        paths = write_cases(fresh, args.write, replace=True)
+        if Path(args.write).resolve() == GOLDEN_DIR.resolve():
+            write_shipped(digests(GOLDEN_DIR))
         size = sum(p.stat().st_size for p in paths)
         print(f"wrote {len(paths)} cases ({size / 1e6:.2f} MB) to {args.write}")
         return 0
