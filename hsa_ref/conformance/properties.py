@@ -366,7 +366,11 @@ def _single_child(target: Target, case: HSACase, data: st.DataObject) -> None:
 
 def _permutation(target: Target, case: HSACase, data: st.DataObject) -> None:
     h = case.hierarchy
-    leaf_map = data.draw(st.permutations(range(h.num_leaves)), label="leaf_map")
+    rows = list(range(h.num_leaves))
+    if target.capabilities.shuffled_leaves:
+        leaf_map = data.draw(st.permutations(rows), label="leaf_map")
+    else:  # reversing the rows keeps every subtree a contiguous range
+        leaf_map = data.draw(st.sampled_from([rows, rows[::-1]]), label="leaf_map")
     family_map = data.draw(st.permutations(range(h.num_leaves, h.num_nodes)), label="family_map")
     moved = h.relabel(leaf_map, family_map)
     inv = torch.empty(h.num_leaves, dtype=torch.long)
