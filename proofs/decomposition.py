@@ -1,4 +1,4 @@
-"""The optimality theorem (SPEC section 4; the paper's Theorem 3.2): the KL problem splits.
+"""The optimality theorem (docs/HSA.md section 4; the paper's Theorem 3.2): the KL problem splits.
 
 Over row-stochastic matrices ``theta`` that are constant on every sibling block, the objective
 ``sum_i KL(theta_i. || softmax(s_i.))`` splits into the family problems of proof 2, and its

@@ -1,4 +1,4 @@
-"""One family's free-energy problem (SPEC sections 3 and 4).
+"""One family's free-energy problem (docs/HSA.md sections 3 and 4).
 
 Rows under a child ``B`` keep a share ``mu`` inside ``B`` and send ``delta_C`` to each sibling
 ``C``. With ``B``'s own optimal value ``F(B)``, the sizes ``|C|`` and the block energies ``e_BC``

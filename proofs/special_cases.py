@@ -1,4 +1,5 @@
-"""Consequences of the recursion (SPEC section 4): softmax, one leaf, single-child families."""
+"""Consequences of the recursion (docs/HSA.md section 4): softmax, one leaf, single-child
+families."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def prove_special_cases(
     family_sizes: Sequence[int] = (2, 3, 4),
     wrapped: Sequence[tuple] = (([[0, 1], 2], [[[0, 1]], 2]), ([[0, 1], 2], [[[0, 1], 2]])),
 ) -> ProofResult:
-    """Prove the special cases of SPEC section 4 for the given recursion."""
+    """Prove the special cases of docs/HSA.md section 4 for the given recursion."""
     d = Derivation(
         "special_cases",
         "5. Special cases",
