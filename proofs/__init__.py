@@ -19,11 +19,11 @@ from .programme import prove_programme
 from .result import ProofResult, Step, render_report
 from .softmax import prove_softmax
 from .special_cases import prove_special_cases
-from .tree import SPEC_RECURSION, Recursion, Tree, TreeModel
+from .tree import HSA_RECURSION, Recursion, Tree, TreeModel
 
 __all__ = [
+    "HSA_RECURSION",
     "PROOFS",
-    "SPEC_RECURSION",
     "ProofResult",
     "Recursion",
     "Step",

@@ -14,7 +14,7 @@ import sympy as sp
 
 from .programme import up_pass
 from .result import Derivation, ProofResult, eq
-from .tree import SPEC_RECURSION, Tree
+from .tree import HSA_RECURSION, Tree
 
 __all__ = [
     "DEFAULT_COST_TREES",
@@ -58,7 +58,7 @@ def count_energies(tree: Tree) -> int:
         calls.append((b, c))
         return sp.Symbol(f"e_{b}_{c}", real=True)
 
-    up_pass(tree, leaf, block, SPEC_RECURSION)
+    up_pass(tree, leaf, block, HSA_RECURSION)
     return len(calls)
 
 

@@ -9,7 +9,7 @@ import sympy as sp
 
 from .family import family_symbols
 from .result import Derivation, ProofResult, eq
-from .tree import SPEC_RECURSION, Recursion, Tree, TreeModel
+from .tree import HSA_RECURSION, Recursion, Tree, TreeModel
 
 __all__ = ["prove_special_cases"]
 
@@ -66,7 +66,7 @@ def _single_child(d: Derivation, recursion: Recursion, trees: Sequence[tuple]) -
 
 
 def prove_special_cases(
-    recursion: Recursion = SPEC_RECURSION,
+    recursion: Recursion = HSA_RECURSION,
     family_sizes: Sequence[int] = (2, 3, 4),
     wrapped: Sequence[tuple] = (([[0, 1], 2], [[[0, 1]], 2]), ([[0, 1], 2], [[[0, 1], 2]])),
 ) -> ProofResult:

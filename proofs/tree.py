@@ -16,7 +16,7 @@ from typing import Any
 import sympy as sp
 
 __all__ = [
-    "SPEC_RECURSION",
+    "HSA_RECURSION",
     "Recursion",
     "SumOf",
     "Tree",
@@ -191,7 +191,8 @@ class Recursion:
         )
 
 
-SPEC_RECURSION = Recursion()
+HSA_RECURSION = Recursion()
+"""The formulas of docs/HSA.md section 3, which every proof takes by default."""
 
 
 def score_symbols(n: int) -> sp.Matrix:
