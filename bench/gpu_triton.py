@@ -1,6 +1,6 @@
 """``python -m bench.gpu_triton``: the Triton kernels on a CUDA GPU, in one run.
 
-1. Correctness: the Triton path against the float64 reference (SPEC section 6 rule) on small
+1. Correctness: the Triton path against the float64 reference (docs/TOLERANCE.md's rule) on small
    hierarchies of every bucket kind, float32 / float16 / bfloat16, both energies, positions, and
    its gradients against the PyTorch programme's.
 2. Timings (CUDA events, warm-up, median) at bfloat16, batch 1, 16 heads, d = 64, balanced trees

@@ -436,7 +436,7 @@ def plot_collapse(run: Run, out: Path) -> dict[str, PowerLawFit | None]:
             label=f"fit, {IMPL_STYLE[impl]['label']}: slope {fit.label()}",
         )
     title = (
-        "Runtime against work (SPEC §5): every sweep on one line\n"
+        "Runtime against work (docs/HSA.md §5): every sweep on one line\n"
         f"{run.device}; E = N + Σ_f b_f(b_f−1) energies per head (dense attention: E = N²)"
     )
     xlabel = "work: model flops 2·heads·(d_k+d_v)·(E + N + M)   (dense: 2·heads·(d_k+d_v)·N²)"

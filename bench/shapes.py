@@ -1,4 +1,4 @@
-"""Tree shapes for the sweeps and their work counts (SPEC section 5).
+"""Tree shapes for the sweeps and their work counts (docs/HSA.md section 5).
 
 Shapes:
 
@@ -80,7 +80,7 @@ class Work:
 
 
 def programme_work(h: Hierarchy, *, d_k: int, d_v: int, heads: int) -> Work:
-    """Work of the dynamic programme on ``h`` (SPEC section 5)."""
+    """Work of the dynamic programme on ``h`` (docs/HSA.md section 5)."""
     e = h.num_energies
     units = e + h.num_leaves + h.num_families
     return Work(energies=e, flops=2 * heads * (d_k + d_v) * units)

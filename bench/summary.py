@@ -2,7 +2,7 @@
 
 Each check runs a fixed set of named hierarchies and prints its worst error against its limit:
 first the float64 reference against the maths (softmax, row sums, the optimal KL value, forests,
-the distance energy), then ``hsa_fast.hsa`` against the reference under SPEC section 6's rule
+the distance energy), then ``hsa_fast.hsa`` against the reference under docs/TOLERANCE.md's rule
 in every dtype and its work count. The exit status is 1 if any check fails.
 """
 

@@ -1,4 +1,4 @@
-"""hsa_fast: Hierarchical Self-Attention by the O(M b^2) dynamic programme (SPEC section 5).
+"""hsa_fast: Hierarchical Self-Attention by the O(M b^2) dynamic programme (docs/HSA.md section 5).
 
 ``hsa(q, k, v, hierarchy)`` has the contract of ``hsa_ref.hsa_reference`` but never forms an
 ``N x N`` array, runs on any torch device, keeps the input dtype (accumulating in float32 or

@@ -1,7 +1,7 @@
 """Sequence-parallel HSA on ``torch.distributed``: each rank holds a contiguous range of leaves.
 
 For a cut node ``B`` (a maximal subtree on one rank, :mod:`hsa_fast.sharding`) and a leaf
-``i`` under it, SPEC section 5's down pass factorises as
+``i`` under it, the down pass of docs/HSA.md section 5 factorises as
 
     y_i = U(B) + W(B) * y_i^B,
 
@@ -175,11 +175,12 @@ def _top_tree(
     """``(Z, P * slots, d_v + 1)``: ``U`` and ``log W`` of every cut row of ``table``.
 
     ``table`` ``(Z, R, width)`` holds per row ``[mean q, mean k, mean v, F, (Vq, Vk)]``, cut
-    rows filled and family rows zero. Families are evaluated level by level exactly as in SPEC
-    section 5, out of place (the top tree is small). For the distance energy the block energies
-    take the programme's variance form, ``-scale/2 (|qbar_B - kbar_C|^2 + Vq(B) + Vk(C))`` about
-    the family's centre, so no cancellation grows with the distance from the origin. Padded
-    child slots read an extra zero row, so a non-finite tree never leaks into another's families.
+    rows filled and family rows zero. Families are evaluated level by level exactly as in
+    docs/HSA.md section 5, out of place (the top tree is small). For the distance energy the block
+    energies take the programme's variance form, ``-scale/2 (|qbar_B - kbar_C|^2 + Vq(B) +
+    Vk(C))`` about the family's centre, so no cancellation grows with the distance from the
+    origin. Padded child slots read an extra zero row, so a non-finite tree never leaks into
+    another's families.
     """
     device, acc = table.device, table.dtype
     z, num_cut, pad = table.shape[0], plan.num_shards * plan.slots, table.shape[1]

@@ -1,4 +1,4 @@
-"""The O(M b^2) dynamic programme of SPEC section 5, in plain PyTorch (any device, autograd).
+"""The O(M b^2) dynamic programme of docs/HSA.md section 5, in plain PyTorch (any device, autograd).
 
 Shapes: ``Z`` is the flattened batch, ``f`` the families of a bucket and ``w`` its width.
 Per-leaf data stays in the caller's ``(Z, N, d)`` tensors; per-family data lives in buffers of

@@ -108,13 +108,14 @@ class Hierarchy:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_parents(cls, parent: Sequence[int], num_leaves: int) -> Hierarchy:
-        """The forest given by a parent list (SPEC section 1)."""
+        """The forest given by a parent list (docs/HSA.md section 1)."""
         return cls(parent, num_leaves)
 
     @classmethod
     def one_family(cls, num_leaves: int) -> Hierarchy:
         """One family over all ``num_leaves`` leaves (node ``num_leaves`` is the root): HSA on
-        it is softmax attention (SPEC section 4). One leaf gives a family with a single child."""
+        it is softmax attention (docs/HSA.md section 4). One leaf gives a family with a single
+        child."""
         num_leaves = _as_int(num_leaves, "num_leaves")
         if num_leaves < 1:
             raise ValueError(f"num_leaves must be at least 1, got {num_leaves}")
@@ -322,7 +323,8 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> str:
-        """``{"format": "hsa-tree/1", "num_leaves": N, "parent": [...]}`` (SPEC section 7)."""
+        """``{"format": "hsa-tree/1", "num_leaves": N, "parent": [...]}`` (docs/HSA.md
+        section 7)."""
         return json.dumps(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,7 +363,7 @@ class Hierarchy:
     # ------------------------------------------------------------------ basic facts
     @property
     def parent(self) -> list[int]:
-        """The parent list of SPEC section 1 as plain ints (a fresh copy)."""
+        """The parent list of docs/HSA.md section 1 as plain ints (a fresh copy)."""
         return self._parent.tolist()
 
     @property
@@ -418,8 +420,8 @@ class Hierarchy:
 
     @cached_property
     def num_energies(self) -> int:
-        """``N + sum_f b_f (b_f - 1)``: the energies HSA evaluates (SPEC section 5), one per leaf
-        and one per ordered pair of siblings. Dense attention evaluates ``N ** 2``."""
+        """``N + sum_f b_f (b_f - 1)``: the energies HSA evaluates (docs/HSA.md section 5), one
+        per leaf and one per ordered pair of siblings. Dense attention evaluates ``N ** 2``."""
         b = self.branching.astype(np.int64)
         return self.num_leaves + int((b * (b - 1)).sum())
 

@@ -1,9 +1,9 @@
-"""The naive quadratic HSA reference: SPEC sections 2 and 3 evaluated literally.
+"""The naive quadratic HSA reference: docs/HSA.md sections 2 and 3 evaluated literally.
 
 Slow on purpose and independent of the dynamic programme: block energies are means over the full
 ``N x N`` score matrix (never the factorised means of ``q`` and ``k``), the recursion runs family
 by family, and the attention matrix ``theta`` is written out block by block. Everything runs in
-``dtype`` (float64 unless asked otherwise, for SPEC section 6's tolerance rule).
+``dtype`` (float64 unless asked otherwise, for the tolerance rule of docs/TOLERANCE.md).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class _SquaredDistances(torch.autograd.Function):
 
 
 def score_matrix(q: torch.Tensor, k: torch.Tensor, *, scale: float, energy: str) -> torch.Tensor:
-    """Leaf scores ``s_ij`` of shape ``(..., N_q, N_k)`` (SPEC section 2), no geometry.
+    """Leaf scores ``s_ij`` of shape ``(..., N_q, N_k)`` (docs/HSA.md section 2), no geometry.
 
     The distance energy is formed from the differences ``q_i - k_j`` (never from expanded
     squared norms), a block of rows at a time, so its memory stays bounded.
@@ -129,7 +129,7 @@ def _family_rows(hierarchy: Hierarchy, a: int, device) -> tuple[torch.Tensor, to
 
 @dataclass(frozen=True)
 class _Scores:
-    """The leaf scores of SPEC section 2 for ``q, k`` (already in the evaluation dtype)."""
+    """The leaf scores of docs/HSA.md section 2 for ``q, k`` (already in the evaluation dtype)."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -229,8 +229,9 @@ def attention_from_shares(
     order: the diagonal holds the share ``mu(B)`` that child ``B`` keeps, the off-diagonal entry
     ``(B, C)`` the share sent to sibling ``C`` (spread evenly over ``C``'s leaves). Rows of a
     share matrix that sum to one give a row-stochastic ``theta`` constant on every sibling block;
-    every such ``theta`` with positive entries arises this way (SPEC section 4). ``batch_shape``,
-    ``dtype`` and ``device`` apply when there are no families (a forest of one-leaf trees).
+    every such ``theta`` with positive entries arises this way (docs/HSA.md section 4).
+    ``batch_shape``, ``dtype`` and ``device`` apply when there are no families (a forest of
+    one-leaf trees).
     """
     n = hierarchy.num_leaves
     dtype = check_dtype(dtype)
@@ -318,7 +319,7 @@ def sibling_log_partition(
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """``L(B)`` of every node, shape ``(..., N+M)``: the log-sum-exp of ``F(B)`` and
-    ``log|C| + e_BC`` over its siblings ``C`` (SPEC section 3); NaN at roots."""
+    ``log|C| + e_BC`` over its siblings ``C`` (docs/HSA.md section 3); NaN at roots."""
     dtype = check_dtype(dtype)
     _, scores, pos = _prepare(q, k, hierarchy, scale, energy, positions, dtype)
     lse: dict[int, torch.Tensor] = {}
@@ -340,7 +341,8 @@ def hsa_attention_matrix(
     positions: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """HSA's attention matrix ``theta`` of shape ``(..., N, N)`` in ``dtype`` (SPEC section 3).
+    """HSA's attention matrix ``theta`` (docs/HSA.md section 3), shape ``(..., N, N)``, in
+    ``dtype``.
 
     ``q, k``: ``(..., N, d_k)`` with broadcastable batch dimensions; ``scale`` defaults to
     ``1/sqrt(d_k)``; ``energy`` is ``"dot"`` or ``"distance"``; ``positions`` is an optional
@@ -427,7 +429,7 @@ def kl_to_softmax(
 
     The softmax of row ``i`` runs over the leaves of ``i``'s tree; mass that ``theta`` puts on
     another tree makes the divergence infinite. This is the objective that HSA minimises over
-    row-stochastic matrices constant on sibling blocks (SPEC section 4).
+    row-stochastic matrices constant on sibling blocks (docs/HSA.md section 4).
     """
     checked = check_attention_inputs(q, k, None, hierarchy, scale=scale, energy=energy)
     dtype = check_dtype(dtype)

@@ -1,8 +1,9 @@
-"""proofs: SymPy derivations of HSA's maths (SPEC sections 3 to 5), each checked.
+"""proofs: SymPy derivations of HSA's maths (docs/HSA.md sections 3 to 5), each checked.
 
 Every ``prove_*`` function states a claim, derives it step by step and returns a
 :class:`ProofResult` whose ``verdict`` is ``True`` only if every check holds. The claimed formulas
-are parameters (defaulting to SPEC's), so a wrong variant is rejected by the same machinery.
+are parameters (defaulting to those of docs/HSA.md), so a wrong variant is rejected by the same
+machinery.
 ``python -m proofs`` runs them all and writes a Markdown report.
 """
 
@@ -18,11 +19,11 @@ from .programme import prove_programme
 from .result import ProofResult, Step, render_report
 from .softmax import prove_softmax
 from .special_cases import prove_special_cases
-from .tree import SPEC_RECURSION, Recursion, Tree, TreeModel
+from .tree import HSA_RECURSION, Recursion, Tree, TreeModel
 
 __all__ = [
+    "HSA_RECURSION",
     "PROOFS",
-    "SPEC_RECURSION",
     "ProofResult",
     "Recursion",
     "Step",
@@ -48,9 +49,9 @@ PROOFS: tuple[Callable[[], ProofResult], ...] = (
     prove_programme,
     prove_cost,
 )
-"""The proofs in report order, each with SPEC's claims."""
+"""The proofs in report order, each with the claims of docs/HSA.md."""
 
 
 def run_all() -> list[ProofResult]:
-    """Run every proof with SPEC's claims, in report order."""
+    """Run every proof with the claims of docs/HSA.md, in report order."""
     return [proof() for proof in PROOFS]

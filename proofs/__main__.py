@@ -12,12 +12,12 @@ from .result import render_report
 DEFAULT_OUTPUT = Path("build") / "proofs" / "report.md"
 
 HEADER = """\
-Each section states a claim from SPEC sections 3 to 5, derives it with SymPy and checks every
+Each section states a claim from docs/HSA.md sections 3 to 5, derives it with SymPy and checks every
 step. A step marked **[holds]** was established symbolically (a difference simplified to zero, a
 system solved, a sign decided), except steps marked as numerical confirmations. Logarithms are
 split as log(xy) = log x + log y only where x and y are positive (shares, leaf counts, sums of
 exponentials). Notation: s_ij leaf scores, e_BC block energies, |X| (also n_X) leaf counts,
-mu and delta the shares a child keeps and sends, F and L the recursion of SPEC section 3."""
+mu and delta the shares a child keeps and sends, F and L the recursion of docs/HSA.md section 3."""
 
 
 def main(argv: list[str] | None = None) -> int:

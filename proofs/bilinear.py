@@ -1,4 +1,4 @@
-"""Block energies factorise through per-node means (SPEC section 2).
+"""Block energies factorise through per-node means (docs/HSA.md section 2).
 
 The mean over ``B x C`` of ``scale <q_i, k_j>`` equals ``scale <mean q over B, mean k over C>``;
 for the distance energy ``-scale/2 ||q_i - k_j||^2`` the block mean also needs the mean squared
@@ -26,7 +26,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BlockSummary:
-    """Per-node summaries of a block ``B x C``: the means the programme keeps (SPEC section 5).
+    """Per-node summaries of a block ``B x C``: the means the programme keeps (docs/HSA.md
+    section 5).
 
     ``mean_q`` and ``mean_k`` are vectors combined only through ``inner``; ``mean_sq_q`` and
     ``mean_sq_k`` are the mean squared norms of ``q`` over ``B`` and ``k`` over ``C``.
@@ -41,12 +42,12 @@ class BlockSummary:
 
 
 def dot_block_energy(x: BlockSummary) -> sp.Expr:
-    """SPEC: ``e_BC = scale <mean q over B, mean k over C>``."""
+    """docs/HSA.md section 2: ``e_BC = scale <mean q over B, mean k over C>``."""
     return x.scale * x.inner(x.mean_q, x.mean_k)
 
 
 def distance_block_energy(x: BlockSummary) -> sp.Expr:
-    """SPEC: the dot form minus ``scale/2`` times both mean squared norms."""
+    """docs/HSA.md section 2: the dot form minus ``scale/2`` times both mean squared norms."""
     return x.scale * (x.inner(x.mean_q, x.mean_k) - (x.mean_sq_q + x.mean_sq_k) / 2)
 
 

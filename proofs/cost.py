@@ -1,4 +1,4 @@
-"""The cost model of SPEC section 5: how many energies the programme evaluates.
+"""The cost model of docs/HSA.md section 5: how many energies the programme evaluates.
 
 The up pass asks for ``s_ii`` once per leaf and ``e_BC`` once per ordered pair of siblings:
 ``N + sum_f b_f (b_f - 1)`` energies, at most ``N + M b^2``. For a balanced ``b``-ary tree of
@@ -14,7 +14,7 @@ import sympy as sp
 
 from .programme import up_pass
 from .result import Derivation, ProofResult, eq
-from .tree import SPEC_RECURSION, Tree
+from .tree import HSA_RECURSION, Tree
 
 __all__ = [
     "DEFAULT_COST_TREES",
@@ -27,12 +27,12 @@ __all__ = [
 
 
 def spec_energy_count(num_leaves: int, branchings: Sequence[int]) -> int | sp.Expr:
-    """SPEC: ``N + sum_f b_f (b_f - 1)``."""
+    """docs/HSA.md section 5: ``N + sum_f b_f (b_f - 1)``."""
     return num_leaves + sum(b * (b - 1) for b in branchings)
 
 
 def spec_balanced_count(b: sp.Expr, depth: sp.Expr) -> sp.Expr:
-    """SPEC, balanced ``b``-ary tree of depth ``D``: ``(b + 1) b^D - b``."""
+    """docs/HSA.md section 5, balanced ``b``-ary tree of depth ``D``: ``(b + 1) b^D - b``."""
     return (b + 1) * b**depth - b
 
 
@@ -58,7 +58,7 @@ def count_energies(tree: Tree) -> int:
         calls.append((b, c))
         return sp.Symbol(f"e_{b}_{c}", real=True)
 
-    up_pass(tree, leaf, block, SPEC_RECURSION)
+    up_pass(tree, leaf, block, HSA_RECURSION)
     return len(calls)
 
 

@@ -1,4 +1,4 @@
-"""The optimality theorem (SPEC section 4; the paper's Theorem 3.2): the KL problem splits.
+"""The optimality theorem (docs/HSA.md section 4; the paper's Theorem 3.2): the KL problem splits.
 
 Over row-stochastic matrices ``theta`` that are constant on every sibling block, the objective
 ``sum_i KL(theta_i. || softmax(s_i.))`` splits into the family problems of proof 2, and its
@@ -18,7 +18,7 @@ import sympy as sp
 
 from .family import family_objective, family_symbols
 from .result import Derivation, ProofResult, eq
-from .tree import SPEC_RECURSION, Recursion, Tree, TreeModel, attention_from_shares
+from .tree import HSA_RECURSION, Recursion, Tree, TreeModel, attention_from_shares
 
 __all__ = ["DEFAULT_TREES", "prove_decomposition", "split_objective", "total_kl"]
 
@@ -396,7 +396,7 @@ def _numeric_optimum(
 
 
 def prove_decomposition(
-    recursion: Recursion = SPEC_RECURSION,
+    recursion: Recursion = HSA_RECURSION,
     trees: Sequence[Any] = DEFAULT_TREES,
     induction: bool = True,
     branchings: Sequence[int] = (1, 2, 3),

@@ -1,4 +1,4 @@
-"""One family's free-energy problem (SPEC sections 3 and 4).
+"""One family's free-energy problem (docs/HSA.md sections 3 and 4).
 
 Rows under a child ``B`` keep a share ``mu`` inside ``B`` and send ``delta_C`` to each sibling
 ``C``. With ``B``'s own optimal value ``F(B)``, the sizes ``|C|`` and the block energies ``e_BC``
@@ -19,7 +19,7 @@ import sympy as sp
 
 from .result import Derivation, ProofResult, eq
 from .softmax import solve_on_simplex
-from .tree import SPEC_RECURSION, Recursion
+from .tree import HSA_RECURSION, Recursion
 
 __all__ = ["family_objective", "family_symbols", "prove_family"]
 
@@ -100,7 +100,7 @@ def _one(d: Derivation, m: int, recursion: Recursion) -> None:
 
 
 def prove_family(
-    recursion: Recursion = SPEC_RECURSION, siblings: Sequence[int] = (0, 1, 2, 3)
+    recursion: Recursion = HSA_RECURSION, siblings: Sequence[int] = (0, 1, 2, 3)
 ) -> ProofResult:
     """Solve one family's problem for each number of siblings and compare with ``recursion``."""
     d = Derivation(

@@ -1,4 +1,4 @@
-"""The dynamic programme of SPEC section 5 computes section 3's output exactly.
+"""The dynamic programme of docs/HSA.md section 5 computes section 3's output exactly.
 
 Up: ``F`` and ``L`` by height. Down: ``log W(B) = log W(A) + F(B) - L(B)`` and
 ``U(B) = U(A) + W(A) sum_C delta(B, C) mean_C(v)`` from ``W(root) = 1, U(root) = 0``; at a leaf
@@ -31,7 +31,7 @@ UStep = Callable[[sp.Expr, sp.Expr, Sequence[tuple[sp.Expr, Sequence[sp.Expr]]]]
 def spec_u_step(
     u_a: sp.Expr, w_a: sp.Expr, sent: Sequence[tuple[sp.Expr, Sequence[sp.Expr]]]
 ) -> sp.Expr:
-    """SPEC: ``U(B) = U(A) + W(A) sum_C delta(B, C) * mean of v over C``."""
+    """docs/HSA.md section 5: ``U(B) = U(A) + W(A) sum_C delta(B, C) * mean of v over C``."""
     return u_a + w_a * sp.Add(*(dl * sp.Add(*vals) / len(vals) for dl, vals in sent))
 
 
@@ -72,7 +72,7 @@ def down_pass(
     v: Sequence[sp.Expr],
     u_step: UStep = spec_u_step,
 ) -> list[sp.Expr]:
-    """The outputs ``y_i = U(i) + W(i) v_i`` of SPEC section 5's down pass."""
+    """The outputs ``y_i = U(i) + W(i) v_i`` of docs/HSA.md section 5's down pass."""
     log_w = {tree.root: sp.Integer(0)}
     u = {tree.root: sp.Integer(0)}
     order = sorted(range(tree.num_nodes), key=lambda x: len(tree.path(x)))
@@ -119,7 +119,7 @@ def prove_programme(
         r"The down pass $\log W(B) = \log W(A) + F(B) - L(B)$, "
         r"$U(B) = U(A) + W(A) \sum_C \delta(B, C)\, \bar v_C$, $W(\text{root}) = 1$, "
         r"$U(\text{root}) = 0$, $y_i = U(i) + W(i) v_i$ gives exactly "
-        r"$y_i = \sum_j \theta_{ij} v_j$ with $\theta$ from SPEC section 3.",
+        r"$y_i = \sum_j \theta_{ij} v_j$ with $\theta$ from docs/HSA.md section 3.",
     )
     d.say(
         "Unrolling the recursion: W(B) = mu(B_1) ... mu(B) along B's path, and U(i) collects, "

@@ -1,4 +1,4 @@
-"""Softmax is entropy minimisation (SPEC section 4, first bullet).
+"""Softmax is entropy minimisation (docs/HSA.md section 4, first bullet).
 
 For one query with scores ``s_1..s_n`` the free energy
 ``F(p) = sum_j p_j (-s_j) + sum_j p_j log p_j`` is minimised over the simplex by

@@ -1,4 +1,5 @@
-"""Consequences of the recursion (SPEC section 4): softmax, one leaf, single-child families."""
+"""Consequences of the recursion (docs/HSA.md section 4): softmax, one leaf, single-child
+families."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sympy as sp
 
 from .family import family_symbols
 from .result import Derivation, ProofResult, eq
-from .tree import SPEC_RECURSION, Recursion, Tree, TreeModel
+from .tree import HSA_RECURSION, Recursion, Tree, TreeModel
 
 __all__ = ["prove_special_cases"]
 
@@ -65,11 +66,11 @@ def _single_child(d: Derivation, recursion: Recursion, trees: Sequence[tuple]) -
 
 
 def prove_special_cases(
-    recursion: Recursion = SPEC_RECURSION,
+    recursion: Recursion = HSA_RECURSION,
     family_sizes: Sequence[int] = (2, 3, 4),
     wrapped: Sequence[tuple] = (([[0, 1], 2], [[[0, 1]], 2]), ([[0, 1], 2], [[[0, 1], 2]])),
 ) -> ProofResult:
-    """Prove the special cases of SPEC section 4 for the given recursion."""
+    """Prove the special cases of docs/HSA.md section 4 for the given recursion."""
     d = Derivation(
         "special_cases",
         "5. Special cases",

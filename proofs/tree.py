@@ -1,4 +1,4 @@
-"""Trees and HSA's recursion (SPEC section 3) as SymPy expressions.
+"""Trees and HSA's recursion (docs/HSA.md section 3) as SymPy expressions.
 
 :class:`Recursion` holds the formulas that the proofs test: the weight of a child in its family's
 ``F``, how a block of scores becomes a block energy, and the logit of a sibling in ``L``. Each is a
@@ -16,7 +16,7 @@ from typing import Any
 import sympy as sp
 
 __all__ = [
-    "SPEC_RECURSION",
+    "HSA_RECURSION",
     "Recursion",
     "SumOf",
     "Tree",
@@ -34,7 +34,7 @@ SumOf = Callable[[Callable[[sp.Expr], sp.Expr]], sp.Expr]
 
 @dataclass(frozen=True)
 class Tree:
-    """One tree in the parent-list form of SPEC section 1 (leaves ``0..N-1``, one root)."""
+    """One tree in the parent-list form of docs/HSA.md section 1 (leaves ``0..N-1``, one root)."""
 
     parent: tuple[int, ...]
     num_leaves: int
@@ -140,23 +140,23 @@ class Tree:
 
 
 def size_weight(size_child: sp.Expr, size_family: sp.Expr, branching: int) -> sp.Expr:
-    """SPEC's weight of child ``B`` in ``F(A)``: ``|B| / |A|``."""
+    """HSA's weight of child ``B`` in ``F(A)``: ``|B| / |A|`` (docs/HSA.md section 3)."""
     return sp.sympify(size_child) / size_family
 
 
 def block_mean(sum_of: SumOf, count: sp.Expr) -> sp.Expr:
-    """SPEC's block energy: the mean of the scores over the block."""
+    """HSA's block energy: the mean of the scores over the block (docs/HSA.md section 2)."""
     return sum_of(lambda s: s) / count
 
 
 def log_size_plus_energy(size: sp.Expr, energy: sp.Expr) -> sp.Expr:
-    """SPEC's logit of sibling ``C`` in ``L(B)``: ``log|C| + e_BC``."""
+    """HSA's logit of sibling ``C`` in ``L(B)``: ``log|C| + e_BC`` (docs/HSA.md section 3)."""
     return sp.log(size) + energy
 
 
 @dataclass(frozen=True)
 class Recursion:
-    """The formulas of SPEC section 3; the defaults are SPEC's, a proof rejects other choices."""
+    """The formulas of docs/HSA.md section 3 (the defaults); a proof rejects other choices."""
 
     weight: Callable[[sp.Expr, sp.Expr, int], sp.Expr] = size_weight
     block_energy: Callable[[SumOf, sp.Expr], sp.Expr] = block_mean
@@ -191,7 +191,8 @@ class Recursion:
         )
 
 
-SPEC_RECURSION = Recursion()
+HSA_RECURSION = Recursion()
+"""The formulas of docs/HSA.md section 3, which every proof takes by default."""
 
 
 def score_symbols(n: int) -> sp.Matrix:
@@ -202,7 +203,8 @@ def score_symbols(n: int) -> sp.Matrix:
 def attention_from_shares(
     tree: Tree, mu: Mapping[int, sp.Expr], delta: Mapping[tuple[int, int], sp.Expr]
 ) -> sp.Matrix:
-    """SPEC section 3's ``theta`` from the shares: ancestor products times ``delta / |C|``."""
+    """``theta`` of docs/HSA.md section 3 from the shares: ancestor products times
+    ``delta / |C|``."""
     n = tree.num_leaves
 
     def entry(i: int, j: int) -> sp.Expr:
@@ -299,5 +301,5 @@ class TreeModel:
 
     @cached_property
     def theta(self) -> sp.Matrix:
-        """HSA's attention matrix (SPEC section 3) as expressions of the scores."""
+        """HSA's attention matrix (docs/HSA.md section 3) as expressions of the scores."""
         return attention_from_shares(self.tree, self.mu, self.delta)

@@ -1,6 +1,6 @@
 """Correct HSA implementations written differently: the rule must accept every one of them.
 
-Each member computes HSA (SPEC sections 2-3 as restated in ``docs/TOLERANCE.md``) in the dtype
+Each member computes HSA (docs/HSA.md sections 2-3) in the dtype
 of its inputs, every intermediate rounded to that dtype, but in its own order of evaluation:
 
 - :func:`dense_hsa` is a self-contained dense evaluation with three independent choices:
@@ -146,7 +146,7 @@ def dense_hsa(
 
 def relabelled(impl: Impl, seed: int = 0) -> Impl:
     """``impl`` run on the same problem with leaves permuted and families renamed, the rows of
-    the result permuted back (SPEC section 4: the same HSA, another order of evaluation)."""
+    the result permuted back (docs/HSA.md section 4: the same HSA, another order of evaluation)."""
 
     def run(q, k, v, hierarchy, *, positions=None, **kw):
         h = hierarchy

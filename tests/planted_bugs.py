@@ -1,13 +1,13 @@
 """Deliberately wrong HSA implementations that the conformance harness must reject.
 
-:func:`planted_hsa` is a complete HSA implementation (SPEC sections 2-5: up pass for ``F``, down
-pass for the shares) with the signature of SPEC section 8. With ``bug=None`` it is correct; each
-name in :data:`BUGS` switches on exactly one mistake in the forward pass, each name in
-:data:`GRADIENT_BUGS` one whose forward pass is exact and whose backward pass is wrong. The
-module-level functions of the same names are those implementations, ready for
-``--impl planted_bugs:<name>``. :data:`SIZE_BUGS` are right on small inputs and wrong only at
-the sizes ports are written for; ``lookup_table`` and ``one_leaf_only`` compute no attention
-at all and refuse what they cannot answer.
+:func:`planted_hsa` is a complete HSA implementation (docs/HSA.md sections 2-5: up pass for
+``F``, down pass for the shares) with the signature of docs/HSA.md section 8. With ``bug=None``
+it is correct; each name in :data:`BUGS` switches on exactly one mistake in the forward pass,
+each name in :data:`GRADIENT_BUGS` one whose forward pass is exact and whose backward pass is
+wrong. The module-level functions of the same names are those implementations, ready for
+``--impl tests/planted_bugs.py:<name>``. :data:`SIZE_BUGS` are right on small inputs and wrong
+only at the sizes ports are written for; ``lookup_table`` and ``one_leaf_only`` compute no
+attention at all and refuse what they cannot answer.
 """
 
 from __future__ import annotations

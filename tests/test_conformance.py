@@ -95,7 +95,7 @@ def reference_in_dtype(q, k, v, hierarchy, **kw):
 
 
 def no_positions(q, k, v, hierarchy, *, scale=None, energy="dot"):
-    """SPEC section 8's minimal signature, without geometry."""
+    """The minimal signature of docs/HSA.md section 8, without geometry."""
     return hsa_reference(q, k, v, hierarchy, scale=scale, energy=energy)
 
 

@@ -1,4 +1,4 @@
-"""hsa_fast against the float64 reference (SPEC section 6), plus its own invariants."""
+"""hsa_fast against the float64 reference (docs/TOLERANCE.md), plus its own invariants."""
 
 from __future__ import annotations
 
@@ -212,9 +212,10 @@ WIDE = {
 @pytest.mark.parametrize("energy", ["dot", "distance"])
 @pytest.mark.parametrize("name", list(WIDE))
 def test_memory_is_bounded_whatever_the_branching(name, energy):
-    """SPEC section 5: extra memory O((N + M) d + chunk), forward and backward, counted exactly:
-    no op makes a tensor larger than the block budget or a per-node array, and autograd keeps
-    O((N + M) d) (wide blocks are recomputed, not kept). Results do not depend on the budget."""
+    """docs/HSA.md section 5: extra memory O((N + M) d + chunk), forward and backward, counted
+    exactly: no op makes a tensor larger than the block budget or a per-node array, and autograd
+    keeps O((N + M) d) (wide blocks are recomputed, not kept). Results do not depend on the
+    budget."""
     h, budget = WIDE[name], 1 << 17
     probe = _Probe(h, budget, energy=energy, positions=name == "mixed-wide")
     bound = max(budget, probe.linear)

@@ -229,7 +229,8 @@ def test_every_dtype_can_check_most_of_the_set(stored):
 
 
 def test_small_cases_carry_the_recursion_step_by_step(stored):
-    """``structure``: theta reproduces ``out``, mu is what theta keeps, F and L obey SPEC 3."""
+    """``structure``: theta reproduces ``out``, mu is what theta keeps, F and L obey docs/HSA.md
+    section 3."""
     from hsa_ref.conformance.diagnostics import family_table
 
     small = [c for c in stored if c.hierarchy.num_leaves <= golden_cases.STRUCTURE_MAX_LEAVES]

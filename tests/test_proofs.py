@@ -288,7 +288,7 @@ def test_derived_programme_is_the_reference_and_fast_output(nested):
     s = score_matrix(q, k, scale=scale, energy="dot").numpy()
     model = TreeModel(tree)
     f, log_z, delta = up_pass(
-        tree, lambda i: model.scores[i, i], model.block_energy, proofs.SPEC_RECURSION
+        tree, lambda i: model.scores[i, i], model.block_energy, proofs.HSA_RECURSION
     )
     v_symbols = sp.symbols(f"v_0:{tree.num_leaves}", real=True)
     y = down_pass(tree, f, log_z, delta, v_symbols)

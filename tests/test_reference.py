@@ -1,4 +1,5 @@
-"""The float64 reference against the maths: softmax limit, invariants and optimality (SPEC 3-4)."""
+"""The float64 reference against the maths: softmax limit, invariants and optimality
+(docs/HSA.md sections 3-4)."""
 
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def test_huge_scores_stay_finite():
     torch.testing.assert_close(theta.sum(-1), torch.ones(7, dtype=torch.float64))
 
 
-# ---------------------------------------------------------------- optimality (SPEC section 4)
+# --------------------------------------------------------------- optimality (docs/HSA.md section 4)
 @given(hsa_cases(hierarchy=hierarchies(max_leaves=10), score_magnitudes=(0.3, 1.0, 4.0)))
 def test_kl_of_hsa_equals_the_closed_form_minimum(case):
     h = case.hierarchy

@@ -183,7 +183,7 @@ def test_pads_are_one_leaf_trees_whatever_they_hold():
     assert torch.equal(y[0, :5], y2[0, :5])
     assert torch.equal(y[1], y2[1])
     assert torch.equal(y2[0, 5:], v2[0, :, 5:].transpose(0, 1))  # a pad returns its own value
-    # Against the float64 reference, example by example, under SPEC section 6's rule.
+    # Against the float64 reference, example by example, under docs/TOLERANCE.md's rule.
     for b, (tree, n) in enumerate(zip(trees, lengths, strict=True)):
         verdict = compare_to_reference(
             y[b, :n].transpose(0, 1), q[b, :, :n], k[b, :, :n], v[b, :, :n], tree, scale=0.25

@@ -194,7 +194,8 @@ def test_gradients_match_the_programme(name, energy):
 @given(hsa_cases(hierarchy=SMALL, dtype=torch.float32, max_batch_dims=1, max_dim=5))
 def test_gradients_match_the_programme_random(case):
     """float32 gradients as close to the float64 ones as the PyTorch programme's in float32
-    (within 4x, as SPEC section 6 asks of outputs): rounding grows with the scores."""
+    (within 4x its error, in the manner of docs/TOLERANCE.md's flash-attention floor): rounding
+    grows with the scores."""
     h, kw = case.hierarchy, case.kwargs()
     expected = _grads(_torch, case.q, case.k, case.v, h, torch.float64, **kw)
     baseline = _grads(_torch, case.q, case.k, case.v, h, torch.float32, **kw)
@@ -295,7 +296,7 @@ def test_no_grad_forward_equals_grad_forward():
 
 # ---------------------------------------------------------------- the GPU compiler, without a GPU
 def test_record_launches_lists_the_schedule_and_replays_to_hsa():
-    """The launches of a forward and backward, in the order of SPEC section 5: up by bucket,
+    """The launches of a forward and backward, in the order of docs/HSA.md section 5: up by bucket,
     down by depth, the leaves; the down adjoint by bucket, the up adjoint by bucket in reverse.
     Made afterwards, the forward's launches fill the output with what ``hsa`` returns."""
     h = Hierarchy.from_segments([[3, 1, 4, 2], [2, 2]])

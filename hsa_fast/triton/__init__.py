@@ -1,4 +1,4 @@
-"""The dynamic programme of SPEC section 5 as Triton kernels, forward and backward.
+"""The dynamic programme of docs/HSA.md section 5 as Triton kernels, forward and backward.
 
 ``dispatch``: whether the kernels can run and take a call; ``plan``: a layout in the kernels'
 form and its tiling; ``launch``: buffers and the launches in order; ``kernels``: the kernels;

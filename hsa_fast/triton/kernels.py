@@ -1,4 +1,4 @@
-"""Triton kernels of the HSA dynamic programme (SPEC section 5), accumulating in float32.
+"""Triton kernels of the HSA dynamic programme (docs/HSA.md section 5), accumulating in float32.
 
 Nodes are numbered as in the hierarchy: leaves ``0 .. N-1``, families ``N .. N+M-1``. A
 per-node quantity comes as a ``NodeRows`` pair (:mod:`hsa_fast.triton.arguments`): leaf rows

@@ -1,27 +1,36 @@
 """Conformance harness: does an HSA implementation agree with the float64 reference?
 
-Two modes (``docs/PORTING.md`` has the formats, the tolerance rule and the report)::
+Three ways to name what is checked (``docs/PORTING.md`` has the formats, the port protocol and
+the report; ``docs/TOLERANCE.md`` the rule)::
 
     python -m hsa_ref.conformance --impl package.module:function [--dtype bfloat16]
+    python -m hsa_ref.conformance --command "CMD ARGS"
     python -m hsa_ref.conformance --outputs DIR
 
-``--impl`` calls a Python callable with SPEC section 8's signature
-``hsa(q, k, v, hierarchy, *, scale=None, energy="dot", positions=None)`` on every golden case
-and on a Hypothesis property suite, and judges its outputs and its gradients (``dq, dk, dv``,
-``d positions``) under SPEC section 6's rule. ``--outputs`` checks a folder of ``hsa-output/1``
-files that a port in another language wrote for the golden inputs.
+``--impl`` serves a Python callable with the signature of docs/HSA.md section 8,
+``hsa(q, k, v, hierarchy, *, scale=None, energy="dot", positions=None)``, in a child process
+(``--framework torch``, ``jax`` or ``numpy``); ``--command`` starts a port in any language that
+speaks ``hsa-port/1``. Both are run on every golden case and on a Hypothesis property suite, and
+their outputs and gradients (``dq, dk, dv``, ``d positions``) are judged under the rule of
+``docs/TOLERANCE.md``. ``--outputs`` checks a folder of ``hsa-output/1`` files that a port
+wrote for the golden inputs.
 
 A port declares what it supports (``--energy``, ``--single-tree``, ``--without-positions``,
-``--contiguous-leaves``, ``--forward-only``); inputs outside that set are not run, and a
-``NotImplementedError`` raised by the port counts as *unsupported*, never as failed.
+``--contiguous-leaves``, ``--without-batches``, ``--forward-only``); inputs outside that set
+are not run, and a refusal (``NotImplementedError``, or ``unsupported`` in the protocol) of an
+input inside it fails that check.
 
-Modules: ``target`` (capabilities, loading and calling the implementation), ``golden`` (golden
-cases and output files), ``properties`` (the invariants, ``PROPERTIES``), ``outcome`` (verdicts
-and the report), ``runner`` (one run), ``cli`` (the command line).
+Modules: ``formats`` (the portable files), ``golden_set`` (the golden cases), ``loading``
+(finding ``--impl``), ``protocol``, ``process``, ``serve`` and ``frameworks`` (a port in its
+own process), ``calling`` (a callable in this process), ``target`` (capabilities and the
+implementation under test), ``golden`` (golden cases and output files), ``strategies`` and
+``properties`` (the invariants, ``PROPERTIES``), ``diagnostics`` (reading a wrong attention
+matrix), ``outcome`` (verdicts and the report), ``runner`` (one run), ``cli`` (the command
+line), ``pytest_plugin`` (``pytest --hsa-impl``).
 
-Exit status: 0 every check that ran passed, 1 a check failed (or the implementation ended the
-process, or hung), 2 a usage error (bad arguments, import failure of the harness' own inputs, a
-run in which nothing was checked).
+Exit status: 0 every check that ran passed, 1 a check failed (or the implementation could not be
+loaded, ended its process or hung), 2 a usage error (bad arguments, a folder or module that does
+not exist, a run in which nothing was checked).
 """
 
 from .cli import main

@@ -6,7 +6,8 @@ reported problem, bounds the call in time, checks that the result is a real dens
 expected shape on the expected device, and, when asked, computes the gradients of
 ``sum(grad_out * out)`` with respect to ``q``, ``k``, ``v`` (and ``positions``).
 
-A ``NotImplementedError`` is not a problem but a refusal: the input is *unsupported*.
+A ``NotImplementedError`` is not a problem but a refusal (``Call.unsupported``); the checks
+fail a refusal of an input inside the declared capabilities.
 """
 
 from __future__ import annotations

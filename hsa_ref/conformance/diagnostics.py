@@ -1,11 +1,11 @@
 """Where does an implementation's attention differ from HSA's?  Black-box diagnostics.
 
 Calling an implementation with ``v = I`` (``d_v = N``) returns its attention matrix ``theta``
-(``y = theta v``). :func:`diagnose` compares it with the reference's, in the terms of SPEC
-section 3, and lists what is wrong, most telling first: non-finite weights, rows that do not sum
-to one, weight that crosses trees, weights that are not constant on a sibling block, then the
-largest errors, relative to the reference's values, in the own-subtree shares ``mu(B)`` and in
-the weights a child ``B`` sends to a sibling ``C``.
+(``y = theta v``). :func:`diagnose` compares it with the reference's, in the terms of
+docs/HSA.md section 3, and lists what is wrong, most telling first: non-finite weights, rows that
+do not sum to one, weight that crosses trees, weights that are not constant on a sibling block,
+then the largest errors, relative to the reference's values, in the own-subtree shares ``mu(B)``
+and in the weights a child ``B`` sends to a sibling ``C``.
 """
 
 from __future__ import annotations

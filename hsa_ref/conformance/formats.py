@@ -1,4 +1,4 @@
-"""The portable files (SPEC section 7, ``docs/PORTING.md``): what a port reads and writes.
+"""The portable files (docs/HSA.md section 7, ``docs/PORTING.md``): what a port reads and writes.
 
 - ``hsa-case/1``: one case, its inputs, the float64 reference results, the reference evaluated
   in each low-precision dtype and the numbers of the tolerance rule; :class:`GoldenCase` in
@@ -106,7 +106,8 @@ class GoldenCase:
         return self.q.to(dtype), self.k.to(dtype), self.v.to(dtype)
 
     def call_kwargs(self, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
-        """Keyword arguments of SPEC section 8: ``scale``, ``energy`` and maybe ``positions``."""
+        """Keyword arguments of docs/HSA.md section 8: ``scale``, ``energy`` and maybe
+        ``positions``."""
         kw: dict[str, Any] = {
             "scale": None if self.scale_is_default else self.scale,
             "energy": self.energy,
@@ -116,7 +117,8 @@ class GoldenCase:
         return kw
 
     def reference_t(self, dtype: torch.dtype, quantity: str = "out") -> torch.Tensor:
-        """``ref_t`` of SPEC section 6: the reference evaluated in ``low_precision_dtype(t)``."""
+        """``ref_t`` (``x_t`` of docs/TOLERANCE.md): the reference evaluated in
+        ``low_precision_dtype(t)``."""
         return self.references[dtype_name(low_precision_dtype(dtype))][quantity]
 
     def limit(self, dtype: torch.dtype, quantity: str = "out") -> Limit:

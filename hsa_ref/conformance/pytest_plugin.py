@@ -2,15 +2,14 @@
 
 hsa-suite registers this module through the ``pytest11`` entry point, so the options exist
 wherever the package is installed (``-p hsa_ref.conformance.pytest_plugin`` loads it
-explicitly). Without ``--hsa-impl`` or ``--hsa-outputs`` it adds nothing. With one of them,
-every golden case (output and gradients) and every property of :mod:`hsa_ref.conformance`
-becomes a test item marked ``hsa_conformance`` (``-m hsa_conformance`` selects only these).
-A failing item reports its max error, its tolerance and its diagnostic; for properties the
-minimal failing example.
-A check that is unsupported by the implementation or not checkable in the dtype is skipped
-with the reason.
+explicitly). Without ``--hsa-impl``, ``--hsa-command`` or ``--hsa-outputs`` it adds nothing.
+With one of them, every golden case (output and gradients) and every property of
+:mod:`hsa_ref.conformance` becomes a test item marked ``hsa_conformance`` (``-m
+hsa_conformance`` selects only these). A failing item reports its max error, its tolerance and
+its diagnostic; for properties the minimal failing example. A check that is unsupported by the
+implementation or not checkable in the dtype is skipped with the reason.
 
-Options: ``--hsa-dtype {float64,float32,bfloat16,float16}``, ``--hsa-device``,
+Options: ``--hsa-framework``, ``--hsa-in-process``, ``--hsa-dtype``, ``--hsa-device``,
 ``--hsa-examples N`` (per property), ``--hsa-seed S``, ``--hsa-golden DIR``, ``--hsa-timeout``,
 and the capabilities ``--hsa-energy``, ``--hsa-single-tree``, ``--hsa-without-positions``,
 ``--hsa-contiguous-leaves``, ``--hsa-without-batches``, ``--hsa-forward-only``. A bad

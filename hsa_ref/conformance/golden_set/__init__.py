@@ -1,6 +1,6 @@
 """Golden cases: fixed HSA inputs with float64 reference outputs, for ports in any language.
 
-Each case is one ``hsa-case/1`` JSON file (SPEC section 7) in
+Each case is one ``hsa-case/1`` JSON file (docs/PORTING.md) in
 ``hsa_ref/conformance/golden_set/files/``, listed in its ``index.json``. Inputs are float64
 numbers that are exactly representable in float32, bfloat16 and float16, so a port in any of
 those dtypes reads exactly the inputs the reference saw. Every file stores
@@ -8,7 +8,7 @@ those dtypes reads exactly the inputs the reference saw. Every file stores
 - ``out`` and ``grad_q``, ``grad_k``, ``grad_v`` (``grad_positions``): the float64 reference
   output and its autograd gradients of ``sum(grad_out * out)`` for the stored ``grad_out``,
 - ``references``: the same quantities evaluated in float32, bfloat16 and float16 (``ref_t``),
-- ``tolerance``: the numbers of SPEC section 6's rule per dtype and quantity, so a port can
+- ``tolerance``: the numbers of docs/TOLERANCE.md's rule per dtype and quantity, so a port can
   apply it without Python.
 
 Regenerate the set with ``python -m hsa_ref.conformance.golden_set --write`` and check that

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 STRUCTURE_MAX_LEAVES = 32
-"""Cases with at most this many leaves carry ``structure`` (SPEC section 3 step by step)."""
+"""Cases with at most this many leaves carry ``structure`` (docs/HSA.md section 3 step by step)."""
 
 
 def structure_record(
@@ -61,8 +61,8 @@ def structure_record(
     energy: str,
     positions: torch.Tensor | None,
 ) -> dict[str, Any]:
-    """SPEC section 3's intermediate values (float64) for a port to compare step by step:
-    ``theta``, and per node ``F``, ``L`` and ``mu`` (``None`` at roots)."""
+    """The intermediate values of docs/HSA.md section 3 (float64) for a port to compare step by
+    step: ``theta``, and per node ``F``, ``L`` and ``mu`` (``None`` at roots)."""
     kw = {"scale": scale, "energy": energy, "positions": positions}
     theta = hsa_attention_matrix(q, k, hierarchy, **kw)
     f = log_partition(q, k, hierarchy, **kw)
