@@ -147,7 +147,7 @@ def test_impossible_split_raises():
         ({"max_depth": 0}, ValueError, "max_depth"),
         ({"max_args": 1}, ValueError, "max_args"),
         ({"nest_probability": 1.5}, ValueError, "nest_probability"),
-        ({"min_length": 10, "max_length": 8}, ValueError, "min_length"),
+        ({"min_length": 10, "max_length": 8}, ValueError, "max_length must be at least 10"),
         ({"train": 0}, ValueError, "train"),
         ({"max_depth": 2.0}, TypeError, "max_depth"),
     ],

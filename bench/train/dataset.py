@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from .checks import check_int
 from .listops import Expression, depth, evaluate, random_expression, to_tokens
 from .progress import Progress
 
@@ -34,23 +35,13 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_depth", "max_args", "min_length", "max_length", "train"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if self.max_depth < 1:
-            raise ValueError(f"max_depth must be at least 1, got {self.max_depth}")
-        if self.max_args < 2:
-            raise ValueError(f"max_args must be at least 2, got {self.max_args}")
+        for name, minimum in (("max_depth", 1), ("max_args", 2), ("min_length", 4)):
+            check_int(getattr(self, name), name, minimum)
+        check_int(self.max_length, "max_length", self.min_length)
+        for name in ("train", "validation", "test"):
+            check_int(getattr(self, name), name, 1)
         if not 0.0 <= self.nest_probability <= 1.0:
             raise ValueError(f"nest_probability must lie in [0, 1], got {self.nest_probability}")
-        if not 4 <= self.min_length <= self.max_length:
-            raise ValueError(
-                f"need 4 <= min_length <= max_length, got {self.min_length}, {self.max_length}"
-            )
-        for name in ("train", "validation", "test"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -14,6 +14,7 @@ import datetime
 import multiprocessing
 import platform
 import queue
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def run_experiment(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if threads < 0:
         raise ValueError(f"threads must be 0 (torch's default) or positive, got {threads}")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_time()
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     splits = encode_splits(profile, quiet=quiet)
     runs = [(a, s) for s in profile.seeds for a in profile.attentions]
@@ -143,7 +144,7 @@ def run_experiment(
     else:
         results = _run_parallel(profile, runs, out, jobs, threads, device, bar)
     bar.close()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _cpu_time() - cpu_started
     result = summarise(profile, splits, results)
     result.update(
         date=date,
@@ -152,8 +153,18 @@ def run_experiment(
         jobs=jobs,
         threads=threads,
         seconds=wall,
+        cpu_seconds=cpu,
     )
     return result
+
+
+def _cpu_time() -> float:
+    """CPU seconds (user and system) of this process and of its finished worker processes."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _run_parallel(

@@ -21,6 +21,7 @@ from hsa_fast import hsa
 
 from .attentions import HSA_ATTENTIONS, check_attention
 from .batching import Batch
+from .checks import check_int
 from .dataset import NUM_CLASSES
 from .tokenizer import PAD, VOCAB
 
@@ -42,16 +43,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_attention(self.attention)
-        for name in ("dim", "heads", "layers", "mlp_ratio", "max_length", "chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("dim", "heads", "layers", "mlp_ratio", "max_length"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.chunk, "chunk", 2)
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.chunk < 2:
-            raise ValueError(f"chunk must be at least 2, got {self.chunk}")
 
     @property
     def head_dim(self) -> int:

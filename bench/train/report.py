@@ -33,6 +33,11 @@ def write_table(result: dict[str, Any], path: Path) -> str:
     d, t = p["data"], p["train"]
     models = result["models"]
     first = next(iter(models.values()))
+    cpu_total = (
+        f" ({result['cpu_seconds']:.0f} s of CPU time in all processes)"
+        if "cpu_seconds" in result
+        else ""
+    )
     head = (
         "# HSA against softmax attention, trained from scratch on ListOps\n\n"
         f"Profile `{p['name']}`: {data['sizes']['train']:,} training, "
@@ -49,7 +54,8 @@ def write_table(result: dict[str, Any], path: Path) -> str:
         f"Run {result['date']} on {machine['cpu']} ({machine['cores']} cores, device "
         f"`{result['device']}`), {result['jobs']} run(s) at a time with "
         f"{result['threads'] or 'default'} torch thread(s) each; Python {machine['python']}, "
-        f"torch {machine['torch']}, numpy {machine['numpy']}; {result['seconds']:.0f} s in all.\n\n"
+        f"torch {machine['torch']}, numpy {machine['numpy']}; {result['seconds']:.0f} s in all"
+        f"{cpu_total}.\n\n"
         "Accuracies in %, mean over seeds [95% t interval]; *vs softmax*: the paired "
         "difference (same seed) in percentage points. Times: training steps only, per run "
         "(mean over seeds); CPU time (the run's own process) is less affected than wall time "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .batching import Batch, EncodedSplit
 from .checkpoint import save_checkpoint
+from .checks import check_int
 from .model import Classifier, ModelConfig
 
 __all__ = ["TrainConfig", "predict", "train_run"]
@@ -44,11 +45,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
+            check_int(getattr(self, name), name, 1)
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.warmup < 1.0:
