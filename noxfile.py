@@ -85,3 +85,10 @@ def zeroshot(session: nox.Session) -> None:
     _install(session, "zeroshot")
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     session.run("python", "-m", "bench.zero_shot", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def train(session: nox.Session) -> None:
+    """HSA against softmax, trained from scratch on ListOps: results/train/ (``-- --full``: GPU)."""
+    _install(session, "train")
+    session.run("python", "-m", "bench.train", *session.posargs)
