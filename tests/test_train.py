@@ -395,8 +395,13 @@ def test_the_whole_pipeline_on_the_tiny_profile(tmp_path, capsys):
             steps = [step for step, _ in m["curves"][str(s)]]
             assert steps == [0, 2, 4]
         assert sum(v["count"] for v in m["by_depth"].values()) == len(labels)
+        for other, pair in m["paired"].items():
+            theirs = result["models"][other]["test_accuracy"]
+            assert pair["differences"] == pytest.approx(np.subtract(m["test_accuracy"], theirs))
+    assert result["models"]["softmax"]["paired"]["hsa-flat"]["same_predictions"] == [1.0, 1.0]
     table = (out / "table.md").read_text()
     assert all(f"| `{a}` |" in table for a in tr.ATTENTIONS)
+    assert "| row minus column |" in table
     assert "wrote" in capsys.readouterr().out
 
 

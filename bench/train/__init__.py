@@ -19,8 +19,8 @@ the same optimiser and budget, and compared on held-out expressions:
 Modules: :mod:`.listops` (grammar, random expressions, values), :mod:`.dataset` (splits),
 :mod:`.tokenizer` (ids and parse trees), :mod:`.attentions` (the structures by name),
 :mod:`.batching`, :mod:`.model`, :mod:`.training`, :mod:`.checkpoint`, :mod:`.flops`,
-:mod:`.stats`, :mod:`.profiles`, :mod:`.experiment`, :mod:`.report`, :mod:`.progress`, :mod:`.checks`,
-:mod:`.cli`.
+:mod:`.stats`, :mod:`.profiles`, :mod:`.experiment`, :mod:`.report`, :mod:`.progress`,
+:mod:`.checks`, :mod:`.cli`.
 """
 
 from .attentions import ATTENTIONS, HSA_ATTENTIONS, groups_of, tree_of

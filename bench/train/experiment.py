@@ -15,12 +15,15 @@ import multiprocessing
 import platform
 import queue
 import resource
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from bench import CHECKOUT
 
 from .batching import EncodedSplit
 from .dataset import NUM_CLASSES, make_splits
@@ -86,7 +89,18 @@ def _machine() -> dict[str, Any]:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=CHECKOUT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
     return {
+        "commit": commit,
         "cpu": cpu,
         "cores": multiprocessing.cpu_count(),
         "python": platform.python_version(),
@@ -203,9 +217,11 @@ def _run_parallel(
 def summarise(
     profile: Profile, splits: dict[str, EncodedSplit], runs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Per attention: test accuracy over seeds (mean, 95% interval), the paired difference to
-    ``softmax`` (same seed: same initial weights and batches), validation curves, test accuracy
-    per expression depth, training time, attention FLOPs per example; and the data's facts."""
+    """Per attention: test accuracy over seeds (mean, 95% interval); ``paired``: against every
+    other attention, the differences in test accuracy seed by seed (same seed: same initial
+    weights and batches), their mean and interval, and the share of equal test predictions;
+    validation curves, test accuracy per expression depth, training time, attention FLOPs per
+    example; and the data's facts."""
     test = splits["test"]
     depths = sorted({int(d) for d in test.depths})
     by_attention: dict[str, dict[int, dict[str, Any]]] = {}
@@ -240,26 +256,8 @@ def summarise(
             "flops": flops_per_example(profile.model_config(attention), test),
             "test_predictions": {str(s): seeds[s]["test_predictions"] for s in order},
         }
-    if "softmax" in models:
-        base = models["softmax"]
-        for m in models.values():
-            common = [s for s in m["seeds"] if s in base["seeds"]]
-            diff = [
-                m["test_accuracy"][m["seeds"].index(s)]
-                - base["test_accuracy"][base["seeds"].index(s)]
-                for s in common
-            ]
-            m["vs_softmax"] = {"differences": diff, "interval": mean_interval(diff)}
-            same = [
-                float(
-                    np.mean(
-                        np.asarray(m["test_predictions"][str(s)])
-                        == np.asarray(base["test_predictions"][str(s)])
-                    )
-                )
-                for s in common
-            ]
-            m["same_predictions_as_softmax"] = same
+    for name, m in models.items():  # every model ran from the profile's seeds, in order
+        m["paired"] = {other: _paired(m, o) for other, o in models.items() if other != name}
     lengths = np.concatenate([splits[n].lengths for n in ("train", "validation", "test")])
     return {
         "profile": profile.to_dict(),
@@ -274,3 +272,12 @@ def summarise(
             "test_depth_of_example": test.depths.tolist(),
         },
     }
+
+
+def _paired(model: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    diff = np.subtract(model["test_accuracy"], other["test_accuracy"])
+    same = [
+        float(np.mean(np.equal(model["test_predictions"][s], other["test_predictions"][s])))
+        for s in model["test_predictions"]
+    ]
+    return {"differences": diff.tolist(), "interval": mean_interval(diff), "same_predictions": same}

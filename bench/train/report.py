@@ -14,9 +14,12 @@ __all__ = ["CAPTIONS", "plot_by_depth", "plot_curves", "write_table"]
 
 CAPTIONS = {
     "curves": "Validation accuracy during training: the line is the mean over seeds, the band "
-    "the range from the worst to the best seed. Dotted: chance (10 balanced classes).",
+    "the range from the worst to the best seed. hsa-flat (dashed) is softmax attention computed "
+    "by HSA and lies on the softmax line. Dotted: chance (10 balanced classes).",
     "depth": "Test accuracy by nesting depth of the expression: mean over seeds with its 95% "
-    "t interval; n is the number of test expressions of that depth. Dotted: chance.",
+    "t interval (points of one depth spread sideways to stay apart); n is the number of test "
+    "expressions of that depth. hsa-flat (dashed) is softmax attention computed by HSA. "
+    "Dotted: chance.",
 }
 
 
@@ -51,7 +54,8 @@ def write_table(result: dict[str, Any], path: Path) -> str:
         f"of {t['batch_size']} expressions, the final weights tested; seeds "
         f"{', '.join(str(s) for s in p['seeds'])} (same initial weights and batches for every "
         f"attention); `hsa-chunks` runs of {p['chunk']} tokens.\n\n"
-        f"Run {result['date']} on {machine['cpu']} ({machine['cores']} cores, device "
+        f"Run {result['date']} (commit {machine.get('commit')}) on {machine['cpu']} "
+        f"({machine['cores']} cores, device "
         f"`{result['device']}`), {result['jobs']} run(s) at a time with "
         f"{result['threads'] or 'default'} torch thread(s) each; Python {machine['python']}, "
         f"torch {machine['torch']}, numpy {machine['numpy']}; {result['seconds']:.0f} s in all"
@@ -72,8 +76,8 @@ def write_table(result: dict[str, Any], path: Path) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in models.items():
-        vs = m.get("vs_softmax")
-        vs_text = "" if vs is None or name == "softmax" else _interval(*vs["interval"])
+        vs = m["paired"].get("softmax")
+        vs_text = "" if vs is None else _interval(*vs["interval"])
         cpu = float(np.mean(m["cpu_seconds"]))
         f = m["flops"]
         rows.append(
@@ -93,9 +97,20 @@ def write_table(result: dict[str, Any], path: Path) -> str:
     for name, m in models.items():
         cells = [_interval(*mean_interval(m["by_depth"][k]["accuracy"])) for k in depths]
         depth_rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    names = list(models)
+    paired_rows = [
+        "| row minus column | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
+    for name in names:
+        cells = [
+            "" if other == name else _interval(*models[name]["paired"][other]["interval"])
+            for other in names
+        ]
+        paired_rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
     notes = []
     if "hsa-flat" in models and "softmax" in models:
-        same = models["hsa-flat"]["same_predictions_as_softmax"]
+        same = models["hsa-flat"]["paired"]["softmax"]["same_predictions"]
         notes.append(
             "`hsa-flat` (one family, which is softmax attention) and `softmax` made the same "
             "test prediction on "
@@ -106,6 +121,9 @@ def write_table(result: dict[str, Any], path: Path) -> str:
         head
         + "\n"
         + "\n".join(rows)
+        + "\n\nPaired differences in test accuracy (percentage points, seed by seed; mean "
+        "[95% t interval]):\n\n"
+        + "\n".join(paired_rows)
         + "\n\nTest accuracy by nesting depth (%):\n\n"
         + "\n".join(depth_rows)
         + "\n"
@@ -122,6 +140,11 @@ def _colours(names: list[str]) -> dict[str, Any]:
     return {n: cmap(i) for i, n in enumerate(names)}
 
 
+def _line(name: str) -> dict[str, Any]:
+    """``hsa-flat`` computes what ``softmax`` computes: dashed and on top, so both show."""
+    return {"ls": "--", "lw": 1.4, "zorder": 3} if name == "hsa-flat" else {"lw": 1.8}
+
+
 def plot_curves(result: dict[str, Any], path: Path) -> None:
     """Validation accuracy against training steps: a line per attention (mean over seeds) in
     a band from the worst to the best seed."""
@@ -136,7 +159,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     for name, m in models.items():
         curves = np.array([[a for _, a in c] for c in m["curves"].values()]) * 100
         steps = [s for s, _ in next(iter(m["curves"].values()))]
-        ax.plot(steps, curves.mean(0), color=colours[name], lw=1.8, label=name)
+        ax.plot(steps, curves.mean(0), color=colours[name], label=name, **_line(name))
         ax.fill_between(steps, curves.min(0), curves.max(0), color=colours[name], alpha=0.18)
     ax.axhline(10, color="0.4", ls=":", lw=1)
     size = result["profile"]["train"]["batch_size"]
@@ -165,7 +188,7 @@ def plot_by_depth(result: dict[str, Any], path: Path) -> None:
     depths = [int(k) for k in counts]
     colours = _colours(list(models))
     fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
-    width = 0.5 / max(1, len(models))
+    width = 0.3 / max(1, len(models))
     for i, (name, m) in enumerate(models.items()):
         stats = [mean_interval(m["by_depth"][str(k)]["accuracy"]) for k in depths]
         mean = np.array([s[0] for s in stats]) * 100
@@ -173,7 +196,9 @@ def plot_by_depth(result: dict[str, Any], path: Path) -> None:
         high = np.array([s[2] for s in stats]) * 100
         x = np.array(depths) + (i - (len(models) - 1) / 2) * width
         err = None if np.isnan(low).all() else np.vstack([mean - low, high - mean])
-        ax.errorbar(x, mean, yerr=err, color=colours[name], marker="o", capsize=3, label=name)
+        ax.errorbar(
+            x, mean, yerr=err, color=colours[name], marker="o", capsize=3, label=name, **_line(name)
+        )
     ax.axhline(10, color="0.4", ls=":", lw=1)
     ax.set_xticks(depths, [f"{k}\n(n={counts[str(k)]})" for k in depths])
     ax.set_xlabel("nesting depth of the expression (test expressions of that depth)")
