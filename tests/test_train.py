@@ -435,3 +435,11 @@ def test_replot_redraws_from_the_stored_results(tmp_path):
     assert (out / "learning_curves.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         tr.main(["--out", str(tmp_path / "empty"), "--replot"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a device that fails in the worker")
+def test_a_failing_run_in_a_worker_ends_the_experiment(tmp_path):
+    profile = TINY.replace(attentions=("softmax", "hsa-parse"), seeds=(0, 1))
+    # torch built without CUDA: AssertionError; with CUDA but no GPU: RuntimeError
+    with pytest.raises((AssertionError, RuntimeError), match=r"(?i)cuda"):
+        tr.run_experiment(profile, tmp_path, jobs=2, device="cuda", quiet=True)

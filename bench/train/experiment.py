@@ -201,14 +201,19 @@ def _run_parallel(
         ) as pool:
             futures = [pool.submit(_worker_run, profile, a, s, out, device, steps) for a, s in runs]
             pending = set(futures)
-            while pending:
-                with contextlib.suppress(queue.Empty):
-                    bar.update(steps.get(timeout=0.5))
-                finished = {f for f in pending if f.done()}
-                for f in finished:
-                    f.result()  # a failed run raises here, ending the experiment
-                pending -= finished
-                bar.update(0, note=f"{len(runs) - len(pending)}/{len(runs)} runs done")
+            try:
+                while pending:
+                    with contextlib.suppress(queue.Empty):
+                        bar.update(steps.get(timeout=0.5))
+                    finished = {f for f in pending if f.done()}
+                    for f in finished:
+                        f.result()  # a failed run raises here, ending the experiment
+                    pending -= finished
+                    bar.update(0, note=f"{len(runs) - len(pending)}/{len(runs)} runs done")
+            except BaseException:
+                for f in pending:  # runs not started yet are dropped, not trained
+                    f.cancel()
+                raise
             while not steps.empty():
                 bar.update(steps.get())
         return [f.result() for f in futures]

@@ -63,10 +63,10 @@ def write_table(result: dict[str, Any], path: Path) -> str:
         "Accuracies in %, mean over seeds [95% t interval]; *vs softmax*: the paired "
         "difference (same seed) in percentage points. Times: training steps only, per run "
         "(mean over seeds); CPU time (the run's own process) is less affected than wall time "
-        "by other load on a shared machine. Attention FLOPs per example over all layers and heads, "
-        "counted as in the zero-shot experiment (dense 4 d n^2 per layer and head; HSA 4 d E "
-        "for E energies; block-local: dense inside each family); *+ means*: HSA's node means "
-        "of q, k, v.\n"
+        "by other load on a shared machine. Attention FLOPs per test example over all layers and "
+        "heads, counted as in the zero-shot experiment (dense 4 d n^2 per layer and head; HSA "
+        "4 d E for E energies; block-local: dense inside each family); *+ means*: HSA's node "
+        "means of q, k, v.\n"
     )
     soft_cpu = float(np.mean(models["softmax"]["cpu_seconds"])) if "softmax" in models else math.nan
     rows = [
