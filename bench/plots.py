@@ -29,6 +29,7 @@ from .records import Record, Run, load_run
 from .report import (
     SWEEP_WORDS,
     check_work_exponents,
+    cpu_timed,
     fixed_text,
     model_json,
     series_fit,
@@ -132,8 +133,8 @@ def _plot_series(ax: Any, records: list[Record], sweep: str, model: CostModel | 
 
 
 def _cpu_time_series(ax: Any, records: list[Record]) -> None:
-    """The programme's user CPU time per call (hollow markers), when recorded on CPU."""
-    records = sorted(records, key=lambda r: r.n)
+    """The programme's user CPU time per call (hollow markers), where it can be read."""
+    records = sorted(cpu_timed(records), key=lambda r: r.n)
     fit = series_fit(records, "N", "cpu_user")
     if fit is None:
         return

@@ -27,6 +27,7 @@ __all__ = [
     "RESULTS_HEADER",
     "WorkCheck",
     "check_work_exponents",
+    "cpu_timed",
     "dense_crossovers",
     "fixed_text",
     "model_json",
@@ -56,16 +57,22 @@ CPU_TIME_FLOOR_S = 0.01
 in ticks, which can make a call of a millisecond read as zero or as a whole tick."""
 
 
+def cpu_timed(records: Sequence[Record]) -> list[Record]:
+    """The CPU runs' records whose user CPU time can be read: calls of at least
+    :data:`CPU_TIME_FLOOR_S` (wall time) with a positive user CPU time."""
+    return [
+        r
+        for r in records
+        if r.device == "cpu" and r.time_min >= CPU_TIME_FLOOR_S and (r.cpu_user or 0) > 0
+    ]
+
+
 def series_fit(records: Sequence[Record], sweep: str, y: str = "time") -> PowerLawFit | None:
     """Power law of ``y`` (``time``, ``cpu_user``, ``energies`` or ``flops``) against the swept
-    quantity; ``None`` with fewer than two distinct sizes. ``cpu_user`` (CPU runs only) takes
-    the calls of at least :data:`CPU_TIME_FLOOR_S` (wall time)."""
+    quantity; ``None`` with fewer than two distinct sizes. ``cpu_user`` takes
+    :func:`cpu_timed` ``(records)``."""
     if y == "cpu_user":
-        records = [
-            r
-            for r in records
-            if r.device == "cpu" and r.time_min >= CPU_TIME_FLOOR_S and (r.cpu_user or 0) > 0
-        ]
+        records = cpu_timed(records)
     xs = [r.x(sweep) for r in records]
     if len(set(xs)) < 2:
         return None
@@ -416,7 +423,8 @@ HOW_TO_READ = [
     "all four sweeps, not a fit to this sweep alone). The thin dotted lines split hsa_fast's "
     "prediction into its terms: where one of them runs close to the solid line, that term is "
     "most of the time. The horizontal dash-dotted line in the M and b plots is dense SDPA at "
-    "the same N (it has no tree). Hollow circles in the N plot: hsa_fast's user CPU time.",
+    "the same N (it has no tree). Hollow circles in the N plot: hsa_fast's user CPU time "
+    f"(calls of {CPU_TIME_FLOOR_S * 1e3:.0f} ms or more).",
     "- `collapse`: every measured case against its prediction. A point on the diagonal is "
     f"predicted exactly; the grey band is ±{TARGET:.0%}. Points of all sweeps falling along the "
     "diagonal mean that one set of per-unit costs explains them all.",
