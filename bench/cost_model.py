@@ -3,10 +3,11 @@
 An implementation's time per call is modelled as ``t = sum_j c_j x_j``: one term per kind of
 thing it does, ``x_j`` an exact count stored with every case by the sweeps (operators dispatched
 and the layout's schedule, :mod:`bench.counts`; per-tree sums, :mod:`bench.shapes`; sizes), and
-``c_j >= 0`` the cost of one unit (seconds). The coefficients are fitted once per device and
-implementation over the points of all four sweeps together, by least squares on the relative
-error, with 95% Student-t intervals (:func:`bench.fit.fit_nonnegative`). ``Z`` is the number
-of heads (the sweeps run a batch of one) and ``D = d_k + d_v`` (the sweeps: ``2 d``).
+``c_j >= 0`` the cost of one unit (seconds); ``t`` is the record's ``time``
+(:mod:`bench.records`: CPU time on one core, or wall time). The coefficients are fitted once per
+device and implementation over the points of all four sweeps together, by least squares on the
+relative error, with 95% Student-t intervals (:func:`bench.fit.fit_nonnegative`). ``Z`` is the
+number of heads (the sweeps run a batch of one) and ``D = d_k + d_v`` (the sweeps: ``2 d``).
 
 A term whose coefficient the fit holds at zero costs too little to be seen next to the others
 (or is confounded with them); it stays in the model, reported as zero. Points further than
@@ -223,7 +224,7 @@ def fit_model(impl: str, records: Sequence[Record]) -> CostModel | None:
     points = _countable(impl, records)
     if len(points) < len(terms):
         return None
-    fit = fit_nonnegative(_features(terms, points), [r.time_min for r in points])
+    fit = fit_nonnegative(_features(terms, points), [r.time for r in points])
     return CostModel(impl=impl, terms=terms, fit=fit, records=tuple(points))
 
 
@@ -250,7 +251,7 @@ def held_out(model: CostModel) -> HeldOut:
     model predicts a case it was not fitted to. A point whose removal leaves fewer points than
     terms gets a NaN error."""
     x = _features(model.terms, model.records)
-    y = np.array([r.time_min for r in model.records])
+    y = np.array([r.time for r in model.records])
     errors = np.full(len(y), np.nan)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
@@ -275,11 +276,12 @@ class Crossover:
     hi: int
 
     def text(self) -> str:
+        """Where the first is faster: ``"from N ≈ 181 (between 128 and 256)"``."""
         if self.side == "below":
-            return f"below N = {self.lo:,} (faster at every size)"
+            return f"at every size measured, down to N = {self.lo:,}"
         if self.side == "above":
-            return f"above N = {self.hi:,} (slower at every size)"
-        return f"N ≈ {self.n:,.0f} (between {self.lo:,} and {self.hi:,})"
+            return f"at no size measured, up to N = {self.hi:,}"
+        return f"from N ≈ {self.n:,.0f} (between {self.lo:,} and {self.hi:,})"
 
 
 def crossover(sizes: Sequence[int], first: Sequence[float], second: Sequence[float]) -> Crossover:

@@ -98,7 +98,7 @@ def _plot_series(ax: Any, records: list[Record], sweep: str, model: CostModel | 
     fixed = fixed_text(records, sweep)
     ax.plot(
         xs,
-        [r.time_min for r in records],
+        [r.time for r in records],
         linestyle="none",
         marker=style["marker"],
         color=style["color"],
@@ -108,7 +108,7 @@ def _plot_series(ax: Any, records: list[Record], sweep: str, model: CostModel | 
     if not _modelled(model, records):
         return
     pred = model.predict(records)
-    err = np.abs(pred / [r.time_min for r in records] - 1)
+    err = np.abs(pred / [r.time for r in records] - 1)
     ax.plot(
         xs,
         pred,
@@ -161,7 +161,7 @@ def _dense_baseline(ax: Any, run: Run, programme: list[Record]) -> None:
     if not match:
         return
     ax.axhline(
-        match[0].time_min,
+        match[0].time,
         color=IMPL_STYLE["sdpa"]["color"],
         linestyle="-.",
         linewidth=1.2,
@@ -236,7 +236,7 @@ def plot_sweep(run: Run, sweep: str, out: Path, models: Mapping[str, CostModel])
     title += "; lines: cost model fitted over all sweeps"
     ticks = sorted({r.x(sweep) for r in records}) if sweep in ("b", "d") else None
     key, xlabel = SWEEP_AXIS[sweep]
-    labels = (xlabel, "time per call (s, fastest round)")
+    labels = (xlabel, run.measure_text)
     _finish(ax, fig, title, labels, run, out, f"runtime_vs_{key}", ticks)
     plt.close(fig)
     return True
@@ -258,7 +258,7 @@ def plot_collapse(run: Run, out: Path, models: Mapping[str, CostModel]) -> bool:
             idx = [i for i, r in enumerate(model.records) if r.sweep == sweep]
             if not idx:
                 continue
-            ys = [model.records[i].time_min for i in idx]
+            ys = [model.records[i].time for i in idx]
             ax.plot(
                 pred[idx],
                 ys,
@@ -289,7 +289,7 @@ def plot_collapse(run: Run, out: Path, models: Mapping[str, CostModel]) -> bool:
     )
     labels = (
         "predicted time per call (s): cost model, one fit per implementation over all sweeps",
-        "measured time per call (s, fastest round)",
+        f"measured {run.measure_text}",
     )
     _finish(ax, fig, title, labels, run, out, "collapse")
     plt.close(fig)

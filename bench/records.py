@@ -1,13 +1,20 @@
 """The sweeps' results as read back from ``<results>/<device>/benchmark.json``.
 
+Each record's ``time`` is its time per call as the report, the plots and the cost model use it:
+for a CPU run with one torch thread, the processor time the benchmark process spent in the call
+(user plus system, the timed round with the least of it), which leaves out the time spent
+waiting for a core while other jobs run on a shared machine; otherwise (CUDA, or several threads,
+whose CPU time adds up over cores) the wall time of the fastest round, ``time_min``.
+
 Only the standard library: the plots, the cost model and the report read results without torch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +25,10 @@ __all__ = ["Record", "Run", "load_run", "threads_text"]
 class Record:
     """One benchmarked case: the sizes and work counts of ``extra_info`` and its timings (s).
 
-    ``info`` keeps the whole ``extra_info``, with the exact counts the cost model reads
-    (:mod:`bench.counts`; absent from runs recorded before they were counted).
+    ``time_min``, ``time_median``: wall time of the fastest and the median round; ``cpu``:
+    process CPU time of the round with the least of it; ``time``: the time per call the report
+    uses (see the module). ``info`` keeps the whole ``extra_info``, with the exact counts the
+    cost model reads (:mod:`bench.counts`; absent from runs recorded before they were counted).
     """
 
     sweep: str
@@ -39,6 +48,8 @@ class Record:
     rounds: int
     cpu_user: float | None = None
     cpu_sys: float | None = None
+    cpu: float | None = None
+    time: float = math.nan
     info: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -62,6 +73,8 @@ class Record:
             rounds=int(s["rounds"]),
             cpu_user=x.get("cpu_user_s"),
             cpu_sys=x.get("cpu_sys_s"),
+            cpu=x.get("cpu_s"),
+            time=float(s["min"]),
             info=dict(x),
         )
 
@@ -89,6 +102,14 @@ class Run:
     records: tuple[Record, ...]
     info: dict[str, Any]
     path: Path
+    measure: str = "wall"
+
+    @property
+    def measure_text(self) -> str:
+        """What ``Record.time`` is, in words."""
+        if self.measure == "cpu":
+            return "CPU time per call (s, one core)"
+        return "wall time per call (s, fastest round)"
 
     def select(self, sweep: str | None = None, impl: str | None = None) -> list[Record]:
         return [
@@ -121,4 +142,9 @@ def load_run(path: Path) -> Run:
     info = dict(data.get("machine_info", {}).get("hsa_bench", {}))
     info.setdefault("date", data.get("datetime", "?")[:10])
     device = info.get("device") or (records[0].device if records else Path(path).parent.name)
-    return Run(device=device, records=records, info=info, path=Path(path))
+    measure = "wall"
+    one_core = device == "cpu" and info.get("torch_threads") == 1 and records
+    if one_core and all(r.cpu is not None and r.cpu > 0 for r in records):
+        measure = "cpu"
+        records = tuple(replace(r, time=float(r.cpu)) for r in records)
+    return Run(device=device, records=records, info=info, path=Path(path), measure=measure)

@@ -68,8 +68,8 @@ def cpu_timed(records: Sequence[Record]) -> list[Record]:
 
 
 def series_fit(records: Sequence[Record], sweep: str, y: str = "time") -> PowerLawFit | None:
-    """Power law of ``y`` (``time``, ``cpu_user``, ``energies`` or ``flops``) against the swept
-    quantity; ``None`` with fewer than two distinct sizes. ``cpu_user`` takes
+    """Power law of ``y`` (``time``, ``wall``, ``cpu_user``, ``energies`` or ``flops``) against
+    the swept quantity; ``None`` with fewer than two distinct sizes. ``cpu_user`` takes
     :func:`cpu_timed` ``(records)``."""
     if y == "cpu_user":
         records = cpu_timed(records)
@@ -77,6 +77,8 @@ def series_fit(records: Sequence[Record], sweep: str, y: str = "time") -> PowerL
     if len(set(xs)) < 2:
         return None
     if y == "time":
+        ys = [r.time for r in records]
+    elif y == "wall":
         ys = [r.time_min for r in records]
     elif y == "cpu_user":
         ys = [r.cpu_user for r in records]
@@ -173,15 +175,20 @@ def _n_sweep_pairs(run: Run) -> list[tuple[Record, Record]]:
 
 
 def dense_crossovers(
-    run: Run, models: Mapping[str, CostModel]
+    run: Run, models: Mapping[str, CostModel], *, wall: bool = False
 ) -> tuple[Crossover | None, Crossover | None]:
     """Where ``hsa_fast`` starts to beat dense SDPA along the ``N`` sweep: ``(measured,
-    predicted)``, both at the sizes where both ran (the prediction from both models)."""
+    predicted)``, both at the sizes where both ran (the prediction from both models). Measured
+    on ``Record.time``, or on the wall time with ``wall=True``."""
     pairs = _n_sweep_pairs(run)
     if not pairs:
         return None, None
     sizes = [f.n for f, _ in pairs]
-    measured = crossover(sizes, [f.time_min for f, _ in pairs], [s.time_min for _, s in pairs])
+    if wall:
+        fast_t, dense_t = [f.time_min for f, _ in pairs], [s.time_min for _, s in pairs]
+    else:
+        fast_t, dense_t = [f.time for f, _ in pairs], [s.time for _, s in pairs]
+    measured = crossover(sizes, fast_t, dense_t)
     fast, dense = models.get("hsa_fast"), models.get("sdpa")
     if fast is None or dense is None:
         return measured, None
@@ -203,6 +210,7 @@ def model_json(run: Run, models: Mapping[str, CostModel]) -> dict[str, Any]:
         "device": run.device,
         "machine": run.info,
         "source": str(run.path),
+        "measure": run.measure_text,
         "target_relative_error": TARGET,
         "fit": "least squares on (predicted - measured) / measured, coefficients >= 0, "
         "95% Student-t intervals on the terms left positive",
@@ -242,7 +250,8 @@ def model_json(run: Run, models: Mapping[str, CostModel]) -> dict[str, Any]:
                     "b": r.b,
                     "d": r.d,
                     "heads": r.heads,
-                    "measured_s": r.time_min,
+                    "measured_s": r.time,
+                    "wall_s": r.time_min,
                     "predicted_s": float(row.sum()),
                     "relative_error": float(err),
                     "terms_s": {t.short: float(x) for t, x in zip(model.terms, row, strict=True)},
@@ -300,8 +309,8 @@ def _quality(models: Mapping[str, CostModel]) -> list[str]:
         lines.append("Outside (prediction against measurement):")
         lines.append("")
         lines += [
-            f"- {impl}, {r.label}: predicted {_ms(r.time_min * (1 + e))} ms, measured "
-            f"{_ms(r.time_min)} ms ({_pct(e)})"
+            f"- {impl}, {r.label}: predicted {_ms(r.time * (1 + e))} ms, measured "
+            f"{_ms(r.time)} ms ({_pct(e)})"
             for impl, r, e in outside
         ]
     else:
@@ -348,27 +357,28 @@ def _speedups(run: Run, models: Mapping[str, CostModel]) -> list[str]:
     ds = "/".join(str(d) for d in sorted({f.d for f, _ in pairs}))
     heads = "/".join(str(h) for h in sorted({f.heads for f, _ in pairs}))
     lines = [
-        f"Both from the N sweep (balanced trees, b = {pairs[0][0].b}, d = {ds}, {heads} heads), "
-        "each time the fastest round of that case; ratio > 1: hsa_fast is faster.",
+        f"Both from the N sweep (balanced trees, b = {pairs[0][0].b}, d = {ds}, {heads} heads); "
+        f"times are {run.measure_text}; ratio > 1: hsa_fast is faster.",
         "",
-        "| N | hsa_fast (ms) | dense SDPA (ms) | SDPA / hsa_fast, measured | predicted |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| N | hsa_fast (ms) | dense SDPA (ms) | SDPA / hsa_fast, measured | predicted "
+        "| in wall time (fastest rounds) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for f, s in pairs:
         pred = "-"
         if fast is not None and dense is not None and {f, s} <= {*fast.records, *dense.records}:
             pred = f"{float(dense.predict([s])[0] / fast.predict([f])[0]):,.2f}"
         lines.append(
-            f"| {_fmt_int(f.n)} | {_ms(f.time_min)} | {_ms(s.time_min)} | "
-            f"{s.time_min / f.time_min:,.2f} | {pred} |"
+            f"| {_fmt_int(f.n)} | {_ms(f.time)} | {_ms(s.time)} | {s.time / f.time:,.2f} | "
+            f"{pred} | {s.time_min / f.time_min:,.2f} |"
         )
     return lines
 
 
 def _exponents(run: Run) -> list[str]:
     lines = [
-        "| sweep | implementation | fixed | x range | points | timing exponent [95% CI] "
-        "| user-CPU-time exponent | work exponent (model flops) |",
+        "| sweep | implementation | fixed | x range | points | exponent of the time per call "
+        "[95% CI] | wall-time exponent | work exponent (model flops) |",
         "| --- | --- | --- | --- | ---: | --- | --- | ---: |",
     ]
     for sweep in ("N", "M", "b", "d"):
@@ -376,14 +386,14 @@ def _exponents(run: Run) -> list[str]:
             recs = run.select(sweep, impl)
             if not recs:
                 continue
-            tfit, cfit = series_fit(recs, sweep), series_fit(recs, sweep, "cpu_user")
-            wfit = series_fit(recs, sweep, "flops")
+            tfit, wfit = series_fit(recs, sweep), series_fit(recs, sweep, "wall")
+            work = series_fit(recs, sweep, "flops")
             xs = [r.x(sweep) for r in recs]
             lines.append(
                 f"| {sweep} | {impl} | {fixed_text(recs, sweep) or '-'} | "
                 f"{_fmt_int(min(xs))}-{_fmt_int(max(xs))} | {len(recs)} | "
-                f"{tfit.label() if tfit else '-'} | {cfit.label() if cfit else '-'} | "
-                f"{f'{wfit.exponent:.3f}' if wfit else '-'} |"
+                f"{tfit.label() if tfit else '-'} | {wfit.label() if wfit else '-'} | "
+                f"{f'{work.exponent:.3f}' if work else '-'} |"
             )
     return lines
 
@@ -396,20 +406,24 @@ def _measurements(run: Run, models: Mapping[str, CostModel]) -> list[str]:
     lines = [
         "<details><summary>All measurements, with the model's predictions</summary>",
         "",
+        f"Time: {run.measure_text}. Wall: fastest and median round. User and system CPU: the "
+        "round with the least CPU time.",
+        "",
         "| sweep | impl | N | M | b | d | heads | dtype | energies/head | model flops "
-        "| min (ms) | predicted (ms) | error | median (ms) | rounds | user CPU (ms) "
-        "| system CPU (ms) | operators |",
+        "| time (ms) | predicted (ms) | error | wall, min (ms) | wall, median (ms) | rounds "
+        "| user CPU (ms) | system CPU (ms) | operators |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in sorted(run.records, key=lambda r: (r.sweep, r.impl, r.n, r.m, r.b, r.d)):
         p = predicted.get(r)
         lines.append(
             f"| {r.sweep} | {r.impl} | {_fmt_int(r.n)} | {_fmt_int(r.m)} | {r.b} | {r.d} | "
             f"{r.heads} | {r.dtype} | {_fmt_int(r.energies)} | {r.work_flops:.3g} | "
-            f"{_ms(r.time_min)} | {_ms(p) if p is not None else '-'} | "
-            f"{_pct(p / r.time_min - 1) if p is not None else '-'} | {_ms(r.time_median)} | "
-            f"{r.rounds} | {_ms(r.cpu_user) if r.cpu_user is not None else '-'} | "
+            f"{_ms(r.time)} | {_ms(p) if p is not None else '-'} | "
+            f"{_pct(p / r.time - 1) if p is not None else '-'} | {_ms(r.time_min)} | "
+            f"{_ms(r.time_median)} | {r.rounds} | "
+            f"{_ms(r.cpu_user) if r.cpu_user is not None else '-'} | "
             f"{_ms(r.cpu_sys) if r.cpu_sys is not None else '-'} | "
             f"{r.info.get('ops', '-')} |"
         )
@@ -418,7 +432,8 @@ def _measurements(run: Run, models: Mapping[str, CostModel]) -> list[str]:
 
 HOW_TO_READ = [
     "- `runtime_vs_N`, `runtime_vs_M`, `runtime_vs_b`, `runtime_vs_d`: time per call against the "
-    "swept quantity, both axes logarithmic. Markers are measurements; the solid line of the same "
+    "swept quantity (time per call as defined above), both axes logarithmic. Markers are "
+    "measurements; the solid line of the same "
     "colour is the cost model's prediction for the same cases (one fit per implementation over "
     "all four sweeps, not a fit to this sweep alone). The thin dotted lines split hsa_fast's "
     "prediction into its terms: where one of them runs close to the solid line, that term is "
@@ -452,12 +467,16 @@ def summary_markdown(
         "float32 (the reference: float64), under `torch.inference_mode()`. Four sweeps vary one "
         "quantity each: leaves N (balanced trees, fixed b), families M (fixed N and b; packed "
         "documents), branching b (balanced, fixed N) and head dimension d (d_k = d_v = d, "
-        "`D` = d_k + d_v). A case's time is the fastest of its timed rounds, the one least "
-        "disturbed by other jobs, taken after warm-up calls that last until a call no longer "
-        "grows the process's memory. The user CPU time in the tables is the processor time the "
-        "benchmark process itself spent computing during one call (the call with the least of "
-        "it); unlike the wall time it leaves out the time spent waiting for a core while other "
-        "jobs run.",
+        "`D` = d_k + d_v). Each case is timed over several rounds, after warm-up calls that "
+        "last until a call no longer grows the process's memory.",
+        "",
+        "**Time per call.** On the CPU with one torch thread, the time of a call is its CPU "
+        "time: the processor time the benchmark process itself spent on the call (user plus "
+        "system time), in the round with the least of it. On a shared machine the wall-clock "
+        "time of a call also counts the time it spent waiting for a core while other jobs ran; "
+        "its CPU time does not. With several threads (whose CPU times add up over the cores) "
+        "and on a GPU, the time of a call is the wall-clock time of its fastest round. The "
+        "wall-clock times are listed too, and the speed-ups are given both ways.",
         "",
         "## How to read the plots",
         "",
@@ -494,15 +513,21 @@ def summary_markdown(
         else:
             lines += ["No cost model: this run's records carry no operator counts.", ""]
         measured, predicted = dense_crossovers(run, dev_models)
+        wall = dense_crossovers(run, dev_models, wall=True)[0]
         if measured is not None:
             lines += [
                 "### Crossover with dense attention",
                 "",
-                f"hsa_fast is faster than dense SDPA from {measured.text()} as measured, and "
+                f"hsa_fast is faster than dense SDPA {measured.text()} as measured, and "
                 + (
-                    f"from {predicted.text()} as the two models predict."
+                    f"{predicted.text()} as the two models predict."
                     if predicted is not None
                     else "no prediction (no model for one of them)."
+                )
+                + (
+                    f" In wall-clock time (fastest rounds) it is faster {wall.text()}."
+                    if wall is not None and run.measure != "wall"
+                    else ""
                 ),
                 "",
                 *_speedups(run, dev_models),
@@ -558,11 +583,12 @@ def _machine_cells(run: Run) -> str:
 
 
 def results_row(run: Run) -> str:
-    """One row of ``bench/RESULTS.md``'s runs (columns of ``RESULTS_HEADER``); the speed-up is
-    the ``N`` sweep's own, at its largest size where both ran."""
-    fast = series_fit(run.select("N", "hsa_fast"), "N")
+    """One row of ``bench/RESULTS.md``'s runs (columns of ``RESULTS_HEADER``), in wall time like
+    the rows before it; the speed-up is the ``N`` sweep's own, at its largest size where both
+    ran."""
+    fast = series_fit(run.select("N", "hsa_fast"), "N", "wall")
     cpu = series_fit(run.select("N", "hsa_fast"), "N", "cpu_user")
-    dense = series_fit(run.select("N", "sdpa"), "N")
+    dense = series_fit(run.select("N", "sdpa"), "N", "wall")
     pairs = _n_sweep_pairs(run)
     ratio = "-"
     if pairs:
