@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -216,8 +216,8 @@ def model_json(run: Run, models: Mapping[str, CostModel]) -> dict[str, Any]:
         "95% Student-t intervals on the terms left positive",
         "models": {},
         "crossover_with_dense": {
-            "measured": None if measured is None else measured.__dict__,
-            "predicted": None if predicted is None else predicted.__dict__,
+            "measured": None if measured is None else asdict(measured),
+            "predicted": None if predicted is None else asdict(predicted),
         },
         "points": [],
     }
@@ -496,9 +496,10 @@ def summary_markdown(
                 "implementation over the points of all sweeps together, by least squares on the "
                 "relative error with non-negative costs; intervals are 95% Student-t intervals "
                 "of the terms left positive (a cost held at zero is too small to be seen next to "
-                "the others). Sums run over the layout's buckets (`f` families, each padded to "
-                "`w` children) or the forest's trees (`n_t` leaves, `c_t` children, `m_t` "
-                "families).",
+                "the others; an interval reaching below zero means that the data cannot tell "
+                "that cost from none). Sums run over the layout's buckets (`f` families, each "
+                "padded to `w` children) or the forest's trees (`n_t` leaves, `c_t` children, "
+                "`m_t` families).",
                 "",
                 *_model_table(dev_models),
                 "",
