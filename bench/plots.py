@@ -81,10 +81,6 @@ def fit_models(run: Run) -> dict[str, CostModel]:
 
 
 # ---------------------------------------------------------------------------------- figures
-def _fmt_int(x: float) -> str:
-    return f"{int(x):,}"
-
-
 def _modelled(model: CostModel | None, records: list[Record]) -> bool:
     return model is not None and all(r in model.records for r in records)
 
@@ -165,7 +161,7 @@ def _dense_baseline(ax: Any, run: Run, programme: list[Record]) -> None:
         color=IMPL_STYLE["sdpa"]["color"],
         linestyle="-.",
         linewidth=1.2,
-        label=f"dense SDPA at N={_fmt_int(n)}, d={d} (no tree), measured",
+        label=f"dense SDPA at N={n:,}, d={d} (no tree), measured",
     )
 
 
