@@ -60,7 +60,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def main(session: nox.Session) -> None:
     """The main job: the verification summary, then the benchmark sweep and its plots."""
-    _install(session, "test")
+    _install(session, "bench")
     session.run("python", "-m", "bench.summary", *session.posargs)
     session.run("python", "-m", "bench")
 
