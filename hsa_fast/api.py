@@ -36,8 +36,11 @@ def centre_per_tree(
         mid = torch.where(torch.isfinite(mid), mid, 0.0)
         sums = mid.new_zeros(*mid.shape[:-2], layout.num_trees, mid.shape[-1])
         sums.index_add_(-2, layout.leaf_tree, mid)
-        counts = torch.bincount(layout.leaf_tree, minlength=layout.num_trees).to(acc)
-        centre = (sums / counts.unsqueeze(-1)).to(q.dtype).index_select(-2, layout.leaf_tree)
+        centre = (
+            (sums / layout.tree_size.to(acc).unsqueeze(-1))
+            .to(q.dtype)
+            .index_select(-2, layout.leaf_tree)
+        )
     return q - centre, k - centre
 
 

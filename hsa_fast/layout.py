@@ -66,7 +66,8 @@ class HSALayout:
     ``up``: buckets ordered so that every child is final before its family is processed;
     ``down``: per family depth ``t >= 1``, ``(families, parents)`` as local ids;
     ``leaf_parent``: ``(N,)`` local parent of each leaf (``pad`` for a one-leaf tree);
-    ``leaf_tree``: ``(N,)`` the tree of each leaf, numbered ``0 .. num_trees - 1``.
+    ``leaf_tree``: ``(N,)`` the tree of each leaf, numbered ``0 .. num_trees - 1``;
+    ``tree_size``: ``(num_trees,)`` float64, the number of leaves of each tree.
     ``num_energies`` is the number of energies the programme evaluates,
     :attr:`Hierarchy.num_energies <hsa_ref.Hierarchy.num_energies>` (leaf self terms and sibling
     blocks, padding excluded); ``num_padded_energies`` counts the buckets' slots, padding included.
@@ -78,6 +79,7 @@ class HSALayout:
     down: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     leaf_parent: torch.Tensor
     leaf_tree: torch.Tensor
+    tree_size: torch.Tensor
     num_trees: int
     device: torch.device
     num_energies: int
@@ -167,6 +169,11 @@ def _build(h: Hierarchy, device: torch.device) -> HSALayout:
         down=tuple(down),
         leaf_parent=torch.as_tensor(leaf_parent, dtype=torch.long, device=device),
         leaf_tree=torch.as_tensor(leaf_tree.reshape(-1), dtype=torch.long, device=device),
+        tree_size=torch.as_tensor(
+            np.bincount(leaf_tree.reshape(-1), minlength=len(roots)),
+            dtype=torch.float64,
+            device=device,
+        ),
         num_trees=len(roots),
         device=device,
         num_energies=h.num_energies,
@@ -186,7 +193,8 @@ def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") 
     """The layout of ``hierarchy`` on ``device``, built once and cached.
 
     The cache keeps one layout per (hierarchy, device) for as long as the hierarchy object
-    lives; equal hierarchies share it.
+    lives; equal hierarchies share it. Its tensors are ordinary ones even when the first call
+    comes under ``torch.inference_mode()``, so a later call that needs autograd can save them.
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}")
@@ -197,7 +205,8 @@ def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") 
         per_device = _CACHE.setdefault(hierarchy, {})
         layout = per_device.get(device)
         if layout is None:
-            layout = per_device[device] = _build(hierarchy, device)
+            with torch.inference_mode(False):
+                layout = per_device[device] = _build(hierarchy, device)
     return layout
 
 
@@ -206,11 +215,13 @@ def derived(layout: HSALayout, name: str, build: Callable[[HSALayout], T]) -> T:
 
     For a backend's own form of a layout (the Triton kernels' plan): it lives exactly as long
     as the layout, which :func:`compile_hierarchy`'s cache keeps while the hierarchy lives.
+    Built outside inference mode, like the layout itself.
     """
     value = layout._derived.get(name)
     if value is None:
         with _DERIVED_LOCK:
             value = layout._derived.get(name)
             if value is None:
-                value = layout._derived[name] = build(layout)
+                with torch.inference_mode(False):
+                    value = layout._derived[name] = build(layout)
     return value

@@ -339,3 +339,40 @@ def test_non_finite_inputs_stay_in_their_tree_forward_and_backward(energy):
     for x in leaves:
         assert torch.isfinite(x.grad[other]).all()
     assert not torch.isfinite(y[~other]).all()
+
+
+# ---------------------------------------------------------------- inference, then training
+def _unseen_tree(tag: int) -> Hierarchy:
+    """A tree no other test builds, so that its layout is compiled by the first call here."""
+    return Hierarchy.from_segments([[2, 7, 1, 3 + tag, 2], [3, 2]])
+
+
+PASSES = [torch.inference_mode, torch.no_grad]
+DEVICES = [("cpu", "cpu"), ("meta", "cpu"), ("cpu", "meta")]
+
+
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+@pytest.mark.parametrize("devices", DEVICES, ids="-then-".join)
+@pytest.mark.parametrize("evaluate", PASSES, ids=lambda p: p.__name__)
+def test_training_after_evaluation_on_an_equal_hierarchy(evaluate, devices, energy):
+    """Evaluating under inference mode (or no_grad) first must not break a later training call
+    on an equal hierarchy: the cached layout holds ordinary tensors."""
+    tag = PASSES.index(evaluate) * 10 + DEVICES.index(devices) * 2 + (energy == "distance")
+    first, then = devices
+    evaluated = _unseen_tree(tag)  # alive: its cache entry serves the equal hierarchy below
+    q, k, v = _qkv(5, evaluated.num_leaves, batch=(2,))
+    with evaluate():
+        hsa(q.to(first), k.to(first), v.to(first), evaluated, energy=energy)
+    q, k, v = (x.to(then).requires_grad_() for x in (q, k, v))
+    trained = _unseen_tree(tag)
+    assert trained == evaluated
+    assert trained is not evaluated
+    hsa(q, k, v, trained, energy=energy).square().sum().backward()
+    assert all(x.grad is not None and x.grad.shape == x.shape for x in (q, k, v))
+    if then == "cpu":
+        expected = [
+            torch.autograd.grad(hsa_reference(q, k, v, trained, energy=energy).square().sum(), x)[0]
+            for x in (q, k, v)
+        ]
+        for x, want in zip((q, k, v), expected, strict=True):
+            torch.testing.assert_close(x.grad, want)
