@@ -340,3 +340,17 @@ def test_training_after_evaluation(as_forest):
     torch.testing.assert_close(out.detach(), expected)
     assert q.grad is not None
     assert torch.isfinite(q.grad).all()
+
+
+def test_output_attentions_is_refused_in_hsa_layers():
+    """SDPA warns and returns no weights; an HSA layer says why it cannot give any."""
+    q = k = v = torch.randn(1, 2, 4, 8)
+    tree = [Hierarchy.from_segments([[2, 2]])]
+    with pytest.raises(ValueError, match="output_attentions=True: the HSA layers form no"):
+        hta.hsa_attention_forward(_module(), q, k, v, None, 0.3, hierarchy=tree,
+                                  output_attentions=True)  # fmt: skip
+    # outside the chosen layers it is SDPA's business
+    y, _ = hta.hsa_attention_forward(
+        _module(1), q, k, v, None, 0.3, hierarchy=tree, hsa_layers=[0], output_attentions=True
+    )
+    assert y.shape == (1, 4, 2, 8)
