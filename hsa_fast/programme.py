@@ -9,9 +9,10 @@ The schedule is the Triton kernels' (:mod:`hsa_fast.triton.launch`):
 
 - up, one bucket of the layout at a time (children before parents): the family means of
   ``q, k, v`` (and, for the distance energy, the variances), then the bucket's ``w x w`` block
-  energies a block at a time, ``logits[B, C] = log|C| + e_BC`` (``C != B``) and
-  ``logits[B, B] = F(B)``; ``L(B) = logsumexp_C logits[B, C]``, ``P = exp(logits - L)`` (``mu(B)``
-  on the diagonal, ``delta(B, C)`` off it), ``R(B) = sum_C P'[B, C] v_C`` and
+  energies a block at a time (:mod:`hsa_fast.blocks`), ``logits[B, C] = log|C| + e_BC``
+  (``C != B``) and ``logits[B, B] = F(B)``; ``L(B) = logsumexp_C logits[B, C]``,
+  ``P = exp(logits - L)`` (``mu(B)`` on the diagonal, ``delta(B, C)`` off it),
+  ``R(B) = sum_C P'[B, C] v_C`` and
   ``F(A) = sum_B |B|/|A| L(B)``. ``P'`` is ``P`` without the diagonal for a family child (``R`` is
   what its siblings send it) and with it for a leaf (``R_i`` includes its own share
   ``mu(i) v_i``);
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from .blocks import Block, block_backward, block_forward, blocks, matmul
 from .layout import FamilyBucket, HSALayout
 
 __all__ = ["CHUNK_ELEMENTS", "accumulation_dtype", "hsa_programme", "hsa_summaries"]
@@ -141,167 +143,6 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).flatten(-3)
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` over many tiny matrices (into ``out`` if given); for inner size <= 2 a broadcast
-    sum beats ``bmm``."""
-    if a.shape[-1] <= 2:
-        prod = (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
-        return prod if out is None else out.copy_(prod)
-    return torch.matmul(a, b) if out is None else torch.matmul(a, b, out=out)
-
-
-def _blocks(rows: int, w: int, budget: int) -> list[tuple[int, int, int, int]]:
-    """``(family0, family1, row0, row1)`` blocks over ``rows`` families of ``w`` children (batch
-    elements count as families) of at most ``budget`` energies each, or one row."""
-    if w * w <= budget:
-        per_family = max(1, budget // max(1, w * w))
-        return [(a, min(rows, a + per_family), 0, w) for a in range(0, rows, per_family)]
-    per_block = max(1, budget // max(1, w))
-    return [
-        (a, a + 1, r, min(w, r + per_block)) for a in range(rows) for r in range(0, w, per_block)
-    ]
-
-
-# ----------------------------------------------------------------------------- one block
-@dataclass
-class _Block:
-    """Rows ``row0 ..`` of a chunk of families, batch and families flattened (``g``):
-    ``q_rows (g, r, d_k)``, ``f_rows (g, r)`` of the rows' children, ``k_cols (g, w, d_k)``,
-    ``v_cols (g, w, d_v)``, ``log_size (g, w)`` of all children (``None``: all zero); for the
-    distance energy the variances ``var_rows (g, r)`` (``Vq``) and ``var_cols (g, w)``
-    (``Vk``); positions ``p_rows (g, r, d_p)`` and ``p_cols (g, w, d_p)``; ``own`` (``bool``
-    or ``(g, r)``): the rows that keep their own share."""
-
-    row0: int
-    scale: float
-    q_rows: torch.Tensor
-    k_cols: torch.Tensor
-    v_cols: torch.Tensor
-    f_rows: torch.Tensor
-    log_size: torch.Tensor | None
-    var_rows: torch.Tensor | None
-    var_cols: torch.Tensor | None
-    p_rows: torch.Tensor | None
-    p_cols: torch.Tensor | None
-    own: bool | torch.Tensor
-
-    def diagonal(self, x: torch.Tensor) -> torch.Tensor:
-        """The entries ``[B, B]`` of a ``(g, r, w)`` tile, a ``(g, r)`` view."""
-        return x.diagonal(offset=self.row0, dim1=-2, dim2=-1)
-
-    def differences(self) -> torch.Tensor:
-        """``qbar_B - kbar_C``, ``(g, r, w, d_k)`` (distance energy)."""
-        return self.q_rows.unsqueeze(-2) - self.k_cols.unsqueeze(-3)
-
-    def logits(self) -> torch.Tensor:
-        """``(g, r, w)``: ``log|C| + e_BC`` off the diagonal, ``F(B)`` on it (``f_rows``, or for a
-        row that is a point its own score ``s_ii``, the same formula as every other energy)."""
-        if self.var_rows is not None:
-            logits = self.differences().square_().sum(-1)
-            logits.add_(self.var_rows.unsqueeze(-1)).add_(self.var_cols.unsqueeze(-2))
-            logits.mul_(-0.5 * self.scale)
-            if self.log_size is not None:
-                logits.add_(self.log_size.unsqueeze(-2))
-        elif self.log_size is None:
-            logits = _matmul(self.q_rows, self.k_cols.transpose(-1, -2)).mul_(self.scale)
-        else:
-            k_t = self.k_cols.transpose(-1, -2)
-            logits = torch.baddbmm(self.log_size.unsqueeze(-2), self.q_rows, k_t, alpha=self.scale)
-        if self.p_rows is not None:
-            logits.baddbmm_(self.p_rows, self.p_cols.transpose(-1, -2))
-        # a point's own energy is F(i) = s_ii already (log 1 = 0, Vq(i) = Vk(i) = 0)
-        diag = self.diagonal(logits)
-        if self.own is False:
-            diag.copy_(self.f_rows)
-        elif self.own is not True:
-            diag.copy_(torch.where(self.own, diag, self.f_rows))
-        return logits
-
-    def drop_own(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with the diagonal of the rows that send their own share (families) zeroed."""
-        if self.own is True:
-            return x
-        if self.own is False:
-            self.diagonal(x).zero_()
-        else:
-            self.diagonal(x).masked_fill_(~self.own, 0)
-        return x
-
-
-def _block_forward(blk: _Block, log_z: torch.Tensor, r: torch.Tensor) -> None:
-    """``L(B)`` into ``log_z`` ``(g, r)`` and ``R(B)`` into ``r`` ``(g, r, d_v)``."""
-    logits = blk.logits()
-    torch.logsumexp(logits, -1, out=log_z)  # L(B)
-    shares = blk.drop_own(logits.sub_(log_z.unsqueeze(-1)).exp_())  # P'
-    _matmul(shares, blk.v_cols, out=r)
-
-
-@dataclass
-class _BlockGrad:
-    """A block's gradients: ``g_diag = gF`` ``(g, r)``, ``q_rows`` ``(g, r, d_k)``, ``var_rows``
-    ``(g, r)``, ``p_rows`` ``(g, r, d_p)`` of its rows; its columns' parts ``k_cols``,
-    ``v_cols``, ``var_cols``, ``p_cols`` (summed over the rows of the block)."""
-
-    g_diag: torch.Tensor
-    q_rows: torch.Tensor
-    k_cols: torch.Tensor
-    v_cols: torch.Tensor
-    var_rows: torch.Tensor | None
-    var_cols: torch.Tensor | None
-    p_rows: torch.Tensor | None
-    p_cols: torch.Tensor | None
-
-
-def _block_backward(
-    blk: _Block,
-    log_z: torch.Tensor,
-    gu_rows: torch.Tensor,
-    w_a: torch.Tensor,
-    wgf_rows: torch.Tensor,
-    glogmu_rows: torch.Tensor | None,
-    g_own_rows: torch.Tensor | None,
-) -> _BlockGrad:
-    """The gradients of one block from the saved ``L(B)`` ``log_z`` ``(g, r)``, ``gU(B)``
-    ``gu_rows`` ``(g, r, d_v)``, ``W(A)`` ``w_a`` ``(g,)``, ``|B|/|A| gF(A)`` ``wgf_rows``
-    ``(g, r)``, ``glogW(B)`` of family rows ``glogmu_rows`` (``None``: all zero) and a gradient
-    of ``F(i)`` given from outside for rows that are points, ``g_own_rows`` (or ``None``).
-    Points' diagonal entries are energies ``s_ii``: their gradient flows with the others'.
-
-    ``D(B) = sum_C P'[B, C] gP'[B, C]`` is summed from the block's own products (a block holds
-    whole rows), so that the two terms of ``g`` cancel exactly where the answer does not move.
-    """
-    probs = blk.logits().sub_(log_z.unsqueeze(-1)).exp_()  # P
-    w3 = w_a[:, None, None]
-    g = blk.drop_own(_matmul(gu_rows, blk.v_cols.transpose(-1, -2)).mul_(w3)).mul_(probs)
-    diag = blk.diagonal(g)
-    if glogmu_rows is not None:  # a family's own share reaches its subtree through log W(B)
-        diag.add_(glogmu_rows)
-    # D(B) and gL(B) through P, multiplied and added apart: a fused multiply-add rounds
-    # otherwise than the reference's autograd, which scores of 1e3 and more make visible
-    g.add_(probs * (wgf_rows - g.sum(-1)).unsqueeze(-1))
-    g_diag = diag.clone()  # gF(B)
-    blk.drop_own(g)  # g: d loss / d e_BC, with s_ii for points
-    if g_own_rows is not None:
-        diag.add_(g_own_rows)
-    kept = blk.drop_own(probs)  # P'
-    g_v = _matmul(kept.transpose(-1, -2), gu_rows).mul_(w3)  # sum_B P'[B, C] W(A) gU(B)
-    s = blk.scale
-    var_rows = var_cols = None
-    if blk.var_rows is not None:
-        # e_BC = -s/2 (|q_B - k_C|^2 + Vq(B) + Vk(C)): d/dq_B = -s (q_B - k_C) = -d/dk_C
-        weighted = blk.differences().mul_(g.unsqueeze(-1))
-        g_q, g_k = weighted.sum(-2).mul_(-s), weighted.sum(-3).mul_(s)
-        del weighted
-        var_rows, var_cols = g.sum(-1).mul_(-0.5 * s), g.sum(-2).mul_(-0.5 * s)
-    else:
-        g_q = _matmul(g, blk.k_cols).mul_(s)
-        g_k = _matmul(g.transpose(-1, -2), blk.q_rows).mul_(s)
-    p_rows = p_cols = None
-    if blk.p_rows is not None:
-        p_rows, p_cols = g @ blk.p_cols, g.transpose(-1, -2) @ blk.p_rows
-    return _BlockGrad(g_diag, g_q, g_k, g_v, var_rows, var_cols, p_rows, p_cols)
-
-
 @dataclass
 class _State:
     """What the forward computes and the backward reads (module docstring)."""
@@ -347,10 +188,10 @@ class _Children:
     weight_rows: torch.Tensor
     own: bool | torch.Tensor
 
-    def block(self, a: int, b: int, r0: int, r1: int, scale: float) -> _Block:
+    def block(self, a: int, b: int, r0: int, r1: int, scale: float) -> Block:
         """Rows ``r0 .. r1`` of the flattened families ``a .. b``."""
         rows = (slice(a, b), slice(r0, r1))
-        return _Block(
+        return Block(
             r0,
             scale,
             self.q[rows],
@@ -401,7 +242,7 @@ def _family_means(
     ``Vk(A)`` into ``out[3..4]`` ``(g,)``."""
     weight = c.weight_rows[a:b]  # (g, 1, w)
     for x, target in zip((c.q, c.k, c.v), out[:3], strict=True):
-        _matmul(weight, x[a:b], out=target[a:b])
+        matmul(weight, x[a:b], out=target[a:b])
     if distance:
         for x, var, mean, target in ((c.q, c.vq, out[0], out[3]), (c.k, c.vk, out[1], out[4])):
             spread = (x[a:b] - mean[a:b]).square_().sum(-1).add_(var[a:b])
@@ -424,10 +265,10 @@ def _up(s: _State, layout: HSALayout, budget: int) -> None:
         in_place = r_view is not None and r_view.is_contiguous()
         r = r_view.flatten(0, 1) if in_place else new(g, w, d_v)
         # the distance energy forms (rows x w x d_k) differences per block
-        for a, b, r0, r1 in _blocks(g, w, budget // d_k if s.distance else budget):
+        for a, b, r0, r1 in blocks(g, w, budget // d_k if s.distance else budget):
             if r0 == 0:  # the families' means while their children are at hand
                 _family_means(c, a, b, means, s.distance)
-            _block_forward(c.block(a, b, r0, r1, s.scale), log_z[a:b, r0:r1], r[a:b, r0:r1])
+            block_forward(c.block(a, b, r0, r1, s.scale), log_z[a:b, r0:r1], r[a:b, r0:r1])
         for nodes, mean in zip((s.q, s.k, s.v, s.vq, s.vk), means, strict=False):
             nodes.family.index_copy_(1, fam, mean.view(z, f, *mean.shape[2:]))
         log_z = log_z.view(z, f, w)
@@ -519,21 +360,23 @@ def _forward(
     z, n = q.shape[:2]
     m = layout.num_families
 
-    def family(*rest: int) -> torch.Tensor:
-        return q.new_zeros(z, m + 1, *rest)
+    def family(*rest: int) -> torch.Tensor:  # every row is written before it is read
+        rows = q.new_empty(z, m + 1, *rest)
+        rows[:, m] = 0  # but the padding family's, which padded slots read
+        return rows
 
+    zeros = q.new_zeros(1, 1).expand(z, n)  # a leaf's variances; F(i) where it is not needed
     points = f_leaf is None
     pos = None
     if positions is not None:
         pad = positions.new_zeros(1, positions.shape[1])
         pos = _Nodes(positions[:n], torch.cat([positions[n:], pad]), dim=0)
     if points:  # F(i) = s_ii is the diagonal of the leaves' blocks; here only when asked for
-        f_leaf = _self_scores(q, k, pos, scale, distance) if self_scores else q.new_zeros(z, n)
+        f_leaf = _self_scores(q, k, pos, scale, distance) if self_scores else zeros
     vq = vk = None
     if distance:
-        zero = q.new_zeros(z, n)
-        vq = _Nodes(zero if var_leaf is None else var_leaf[0], family())
-        vk = _Nodes(zero if var_leaf is None else var_leaf[1], family())
+        vq = _Nodes(zeros if var_leaf is None else var_leaf[0], family())
+        vk = _Nodes(zeros if var_leaf is None else var_leaf[1], family())
     s = _State(
         q=_Nodes(q, family(q.shape[-1])),
         k=_Nodes(k, family(k.shape[-1])),
@@ -542,10 +385,10 @@ def _forward(
         vq=vq,
         vk=vk,
         pos=pos,
-        lse=_Nodes(q.new_zeros(z, n), family()),
+        lse=_Nodes(q.new_empty(z, n), family()),  # a one-leaf tree has no L
         r=_Nodes(torch.empty_like(v), family(v.shape[-1])),
-        log_w=family(),
-        u=family(v.shape[-1]),
+        log_w=q.new_zeros(z, m + 1),  # W(root) = 1, U(root) = 0
+        u=q.new_zeros(z, m + 1, v.shape[-1]),
         scale=scale,
         points=points,
     )
@@ -670,9 +513,9 @@ def _bucket_backward(
     g_vq = c.q.new_empty(g, w) if s.distance else None
     g_vk = c.q.new_empty(g, w) if s.distance else None
     g_p = torch.zeros_like(c.p) if c.p is not None else None
-    for a, b, r0, r1 in _blocks(g, w, budget // d_k if s.distance else budget):
+    for a, b, r0, r1 in blocks(g, w, budget // d_k if s.distance else budget):
         rows = (slice(a, b), slice(r0, r1))
-        grad = _block_backward(
+        grad = block_backward(
             c.block(a, b, r0, r1, s.scale),
             lse_c[rows],
             gu_c[rows],

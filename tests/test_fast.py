@@ -314,10 +314,10 @@ def test_empty_batches_and_values(batch, d_v):
 
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 300), st.integers(1, 5000))
 def test_blocks_cover_every_row_once_within_the_budget(z, f, w, budget):
-    from hsa_fast.programme import _blocks
+    from hsa_fast.blocks import blocks
 
     seen = torch.zeros(z * f, w, dtype=torch.long)
-    for a, b, r0, r1 in _blocks(z * f, w, budget):
+    for a, b, r0, r1 in blocks(z * f, w, budget):
         assert (b - a) * (r1 - r0) * w <= budget or (b - a, r1 - r0) == (1, 1)
         seen[a:b, r0:r1] += 1
     assert bool((seen == 1).all())
