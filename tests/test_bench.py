@@ -356,7 +356,7 @@ def test_memory_baseline_is_the_programme_of_that_revision(tmp_path):
     from hsa_fast import compile_hierarchy
     from hsa_fast.programme import hsa_programme
 
-    old = memory._load_programme(memory._baseline_file("HEAD", str(tmp_path)))
+    old = memory.load_programme(memory.baseline_file("HEAD", str(tmp_path)))
     assert old is not hsa_programme
     layout = compile_hierarchy(Hierarchy.balanced(50, 7))
     q, k, v = (torch.randn(1, 50, 4) for _ in range(3))
