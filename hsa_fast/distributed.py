@@ -24,7 +24,8 @@ mean of ``(q + k) / 2`` over ``B`` rounded to the input dtype, before the summar
 ``c_T`` of its tree (``(c_B - c_T) + mean(q - c_B)``, a difference of nearby floats plus a
 small mean), so the energies above the cut are as exact far from the origin as below it.
 
-Backward: the top tree runs on every rank, so each rank backpropagates it from the adjoints of
+Backward: the tree above the cut runs on every rank, so each rank backpropagates it from the
+adjoints of
 ``U`` and ``log W`` at *all* cut nodes, which one all-gather of the local adjoints provides;
 the gradient of the gathered summaries is then the same on every rank and each keeps its own
 rows (no second exchange). Both collectives carry ``O(P * cut * d)`` numbers, independent of N.
@@ -306,7 +307,7 @@ def hsa_sharded(
     collectives, so every rank must also run the backward).
 
     Communication per call: one all-gather of 8 integers (the ranks check they agree), one of
-    ``slots`` cut summaries per rank (``2 d_k + d_v + 1`` numbers each, ``+ 2`` for the
+    ``slots`` cut summaries per rank (``2 d_k + d_v + 1`` numbers each, ``+ d_k + 2`` for the
     distance energy, per batch element; skipped when no tree spans two shards) and, in the
     backward, one of ``slots`` adjoints per rank (``d_v + 1`` numbers each). ``stats`` (a
     :class:`CommStats`) records each with its size.
