@@ -299,7 +299,7 @@ def _leaves(s: _State, layout: HSALayout, out: torch.Tensor) -> torch.Tensor:
     """``out`` ``(Z, N, d_v)`` filled with ``U(A) + W(A) R_i`` (``out`` may be ``s.r.leaf``):
     ``y_i`` for points, ``U(i)`` for summaries. A one-leaf tree's row is ``v_i`` (points) or 0."""
     for bucket in layout.up:
-        if not bucket.has_leaves and bucket.leaf_start is None:
+        if not bucket.has_leaves:
             continue
         w_a, u_a = _parents(s, bucket)
         r_view = s.r.slots(bucket)
@@ -318,11 +318,12 @@ def _leaves(s: _State, layout: HSALayout, out: torch.Tensor) -> torch.Tensor:
             u_a.index_select(1, family_of), w_a.index_select(1, family_of).unsqueeze(-1), rows
         )
         out.index_copy_(1, bucket.leaf_ids, rows)
-    if layout.root_leaves.numel():
+    if layout.root_leaves.numel():  # a one-leaf tree: y_i = v_i, or U(i) = 0 for a summary
         roots = layout.root_leaves
-        out.index_copy_(
-            1, roots, s.v.leaf.index_select(1, roots) if s.points else 0 * out[:, roots]
-        )
+        if s.points:
+            out.index_copy_(1, roots, s.v.leaf.index_select(1, roots))
+        else:
+            out.index_fill_(1, roots, 0)
     return out
 
 
