@@ -187,10 +187,9 @@ def _top_layout(plan: ShardPlan, device: torch.device) -> tuple[HSALayout, torch
         if device not in per_device:
             sizes = plan.table_counts[: plan.num_shards * plan.slots]
             layout = compile_weighted(plan.top_tree, sizes, device)
-            per_device[device] = (
-                layout,
-                torch.as_tensor(sizes, dtype=torch.float64, device=device),
-            )
+            with torch.inference_mode(False):  # cached: ordinary tensors, as layouts are
+                sizes = torch.as_tensor(sizes, dtype=torch.float64, device=device)
+            per_device[device] = (layout, sizes)
         return per_device[device]
 
 
