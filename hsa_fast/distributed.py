@@ -25,8 +25,8 @@ mean of ``(q + k) / 2`` over ``B`` rounded to the input dtype, before the summar
 small mean), so the energies above the cut are as exact far from the origin as below it.
 
 Backward: the tree above the cut runs on every rank, so each rank backpropagates it from the
-adjoints of
-``U`` and ``log W`` at *all* cut nodes, which one all-gather of the local adjoints provides;
+adjoints of ``U`` and ``log W`` at *all* cut nodes, which one all-gather of the local adjoints
+provides;
 the gradient of the gathered summaries is then the same on every rank and each keeps its own
 rows (no second exchange). Both collectives carry ``O(P * cut * d)`` numbers, independent of N.
 """

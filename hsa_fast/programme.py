@@ -171,10 +171,9 @@ class _Children:
     """A bucket's children with the batch and the families flattened to ``g = Z f`` rows:
     ``q, k (g, w, d_k)``, ``v (g, w, d_v)``, ``f (g, w)``, the variances ``vq, vk (g, w)``
     (distance energy), positions ``p (g, w, d_p)``, ``log_size (g, w)`` (``None``: all zero),
-    ``weight``
-    ``|B| / |A|`` ``(f, w)`` and as ``(g, 1, w)`` rows (a mean over ``A`` from its children)
-    and ``own`` (``bool`` or ``(g, w)``), the slots that keep their own share in ``R``: leaves
-    that are points."""
+    ``weight`` ``|B| / |A|`` ``(f, w)`` and as ``(g, 1, w)`` rows (``weight_rows``: a mean over
+    ``A`` from its children), and ``own`` (``bool`` or ``(g, w)``), the slots that keep their
+    own share in ``R``: leaves that are points."""
 
     q: torch.Tensor
     k: torch.Tensor
