@@ -24,9 +24,10 @@ MAX_NODES = 2**31 - 1
 """The most nodes a hierarchy may have: node ids fit a signed 32-bit integer, as the GPU
 kernels address them. Larger requests raise ``ValueError`` before anything is allocated."""
 
-MAX_JSON_DIGITS = 19
-"""The longest integer (in decimal digits) that hierarchy JSON may hold: every id and count
-fits 64 bits."""
+MAX_JSON_DIGITS = 1000
+"""The longest integer (in decimal digits) that hierarchy JSON may hold. Longer ones are refused
+before they are converted (no id or count comes near it; Python's own default limit, 4,300
+digits, would fail with a message about its settings)."""
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -60,8 +61,8 @@ def _json_int(digits: str) -> int:
     length = len(digits.lstrip("-"))
     if length > MAX_JSON_DIGITS:
         raise ValueError(
-            f"an integer of {length} digits, more than the {MAX_JSON_DIGITS} that any id or count "
-            "can have"
+            f"an integer of {length} digits, more than the {MAX_JSON_DIGITS} allowed (no id or "
+            "count comes near)"
         )
     return int(digits)
 
