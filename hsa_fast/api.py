@@ -1,4 +1,4 @@
-"""The public entry point: validation, then the programme on the input's device.
+"""The public entry point: validation, then the backend's HSA on the input's device.
 
 ``backend="auto"`` runs the Triton kernels (:mod:`hsa_fast.triton`) on CUDA tensors
 when Triton is installed and the inputs suit them, and the PyTorch programme otherwise."""
@@ -30,8 +30,9 @@ def hsa(
 
     Args:
         q, k: ``(..., N, d_k)``; v: ``(..., N, d_v)``; batch dimensions broadcast, as in
-            ``torch.nn.functional.scaled_dot_product_attention``. float64, float32, float16 or
-            bfloat16 (other dtypes raise ``TypeError``), all one dtype and device; ``N`` is
+            ``torch.nn.functional.scaled_dot_product_attention``. Dense tensors of float64,
+            float32, float16 or bfloat16 (``hsa_ref.validation.DTYPES``; others raise
+            ``TypeError``), all one dtype and device; ``N`` is
             ``hierarchy.num_leaves``. For ``energy="distance"`` q and k are first centred per
             tree (:func:`centre_per_tree`), which leaves HSA unchanged and keeps the energy
             exact far from the origin.
@@ -47,7 +48,8 @@ def hsa(
             cannot run; CPU tensors only under ``TRITON_INTERPRET=1``, for testing).
 
     Returns:
-        ``(..., N, d_v)`` in the dtype of ``q``.
+        ``(..., N, d_v)`` in the dtype of ``q``, differentiable (first-order gradients) in
+        ``q, k, v`` and ``positions``.
 
     Raises:
         TypeError, ValueError: for bad arguments, naming the argument at fault.
