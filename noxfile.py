@@ -60,7 +60,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def main(session: nox.Session) -> None:
     """The main job: the verification summary, then the benchmark sweep and its plots."""
-    _install(session, "test")
+    _install(session, "bench")
     session.run("python", "-m", "bench.summary", *session.posargs)
     session.run("python", "-m", "bench")
 
@@ -85,3 +85,10 @@ def zeroshot(session: nox.Session) -> None:
     _install(session, "zeroshot")
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     session.run("python", "-m", "bench.zero_shot", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def train(session: nox.Session) -> None:
+    """HSA against softmax, trained from scratch on ListOps: results/train/ (``-- --full``: GPU)."""
+    _install(session, "train")
+    session.run("python", "-m", "bench.train", *session.posargs)

@@ -1,7 +1,7 @@
 """``python -m bench``: run the sweeps with pytest-benchmark, then draw the plots.
 
-    python -m bench                      # default profile on CPU (a few minutes), then plots
-    python -m bench --quick              # CI profile (about a minute)
+    python -m bench                      # default profile on CPU (about 80 s of sweeps), then plots
+    python -m bench --quick              # CI profile (about 20 s of sweeps)
     python -m bench --full               # N up to 1,048,576 (long on CPU)
     python -m bench --device cuda --full # on a CUDA machine
     python -m bench --threads 0          # torch's default thread count (default here: 1)

@@ -2,9 +2,18 @@
 
 Each case times one forward call on ``(1, heads, N, d)`` inputs and stores in ``extra_info`` the
 sizes (``N``, ``M``, ``b``, ``d``, ``heads``), dtype, device and work counts of
-:mod:`bench.shapes`, and the process CPU time (user, system) of the timed round with least user
-time. The layout of ``hsa_fast`` is compiled (and cached) before timing; its
-one-off cost is recorded as ``compile_s``. Assertions here are on exact work counts only.
+:mod:`bench.shapes`, and the process CPU time of the timed round with the least of it
+(``cpu_s``, the sum of ``cpu_user_s`` and ``cpu_sys_s``). Timed rounds follow warm-up calls
+that last until a call no longer grows the heap (``warmup_calls``). Each case also stores the
+exact counts the cost model (:mod:`bench.cost_model`) is fitted on: the operators the call
+dispatches (``ops``, ``views``, ``elements_written``; :mod:`bench.counts`), counted in the first
+warm-up call, or in the one timed call of a single-shot case, where the count costs microseconds
+against minutes; for the tree implementations ``children`` (``sum_f b_f``) and the per-tree sums
+of :func:`bench.shapes.tree_sums` (``num_trees``, ``tree_leaves_sq``,
+``tree_children_leaves_sq``, ``tree_families_leaves_sq``, ``trees_nodes``); for ``hsa_fast`` the
+layout's schedule (``buckets``, ``depths``, ``slots``, ``block_entries``). The layout of
+``hsa_fast`` is compiled (and cached) before timing; its one-off cost is recorded as
+``compile_s``. Assertions here are on exact work counts only.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.cases import PROFILES, Case, cases
-from bench.shapes import build, dense_work, programme_work
+from bench.counts import DispatchCount, count_dispatch, schedule_counts
+from bench.shapes import build, dense_work, programme_work, tree_sums
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -45,15 +55,49 @@ def _sync(device: str) -> Callable[[], None]:
     return lambda: None
 
 
+STEADY_PAGES = 256
+"""Warm-up ends with a call that faults in fewer new memory pages than this (1 MiB of 4 KiB)."""
+
+MAX_WARMUP = 5
+
+
+def _warm_up(fn: Callable[[], Any]) -> tuple[float, int, DispatchCount]:
+    """Call ``fn`` until the allocator is in its steady state: until a call faults in fewer than
+    :data:`STEADY_PAGES` new pages, :data:`MAX_WARMUP` calls at most (the heap of a large call
+    can take a few calls to stop growing, and a call that grows it pays for page faults).
+
+    Returns the duration (s) of the last call, the number of calls and the operators dispatched
+    by the first one (:func:`bench.counts.count_dispatch`).
+    """
+    calls = 0
+    count: DispatchCount | None = None
+    while True:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        if count is None:
+            count = count_dispatch(fn)
+        else:
+            fn()
+        seconds = time.perf_counter() - start
+        calls += 1
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        if faults < STEADY_PAGES or calls >= MAX_WARMUP:
+            return seconds, calls, count
+
+
 def _time_case(
     benchmark: Any, fn: Callable[[], Any], case: Case, budget_s: float, cap: int
-) -> list[tuple[float, float]]:
-    """Warm up once (unless ``single_shot``), then time enough rounds to fill ``budget_s``.
+) -> tuple[list[tuple[float, float]], DispatchCount, int]:
+    """Warm up (unless ``single_shot``; :func:`_warm_up`), then time enough rounds to fill
+    ``budget_s``.
 
-    Returns the process CPU time ``(user, system)`` in seconds of every timed round: unlike wall
-    time it does not count waiting for a core, and the system part shows page-fault cost.
+    Returns the process CPU time ``(user, system)`` in seconds of every timed round (unlike wall
+    time it does not count waiting for a core, and the system part shows page-fault cost), the
+    operators one call dispatches, counted in the first warm-up call (in the timed call when there
+    is none), and the number of warm-up calls.
     """
     usage: list[tuple[float, float]] = []
+    counted: list[DispatchCount] = []
 
     def timed() -> Any:
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -63,16 +107,16 @@ def _time_case(
         return out
 
     if case.single_shot:
-        benchmark.pedantic(timed, rounds=1, iterations=1, warmup_rounds=0)
-        return usage
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
+        benchmark.pedantic(
+            lambda: counted.append(count_dispatch(timed)), rounds=1, iterations=1, warmup_rounds=0
+        )
+        return usage, counted[0], 0
+    last, warmups, count = _warm_up(fn)
     # At least three rounds for calls shorter than the budget: a single short round is noise.
-    floor = 3 if first < budget_s else 1
-    rounds = min(cap, max(floor, int(budget_s / max(first, 1e-6))))
+    floor = 3 if last < budget_s else 1
+    rounds = min(cap, max(floor, int(budget_s / max(last, 1e-6))))
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
-    return usage
+    return usage, count, warmups
 
 
 def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> None:
@@ -98,6 +142,16 @@ def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> No
         "device": device,
         "profile": profile.name,
     }
+    if case.impl != "sdpa":
+        sums = tree_sums(h)
+        info.update(
+            children=h.num_nodes - h.num_trees,  # sum_f b_f: every node but the roots
+            num_trees=sums.trees,
+            tree_leaves_sq=sums.leaves_sq,
+            tree_children_leaves_sq=sums.children_leaves_sq,
+            tree_families_leaves_sq=sums.families_leaves_sq,
+            trees_nodes=sums.trees_nodes,
+        )
     if case.impl == "sdpa":
         work = dense_work(case.n, d_k=case.d, d_v=case.d, heads=case.heads)
 
@@ -113,6 +167,13 @@ def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> No
         hsa_fast.compile_hierarchy(h, device=device)  # built once, outside the timing
         sync()
         info["compile_s"] = time.perf_counter() - start
+        schedule = schedule_counts(hsa_fast.compile_hierarchy(h, device=device))
+        info.update(
+            buckets=schedule.buckets,
+            depths=schedule.depths,
+            slots=schedule.slots,
+            block_entries=schedule.block_entries,
+        )
 
         def fn() -> Any:
             out = hsa_fast.hsa(q, k, v, h)
@@ -137,9 +198,19 @@ def test_sweep(benchmark: Any, case: Case, request: pytest.FixtureRequest) -> No
     benchmark.extra_info.update(info)
     try:
         with torch.inference_mode():
-            usage = _time_case(benchmark, fn, case, profile.budget_s, profile.max_rounds)
+            usage, ops, warmups = _time_case(
+                benchmark, fn, case, profile.budget_s, profile.max_rounds
+            )
     except torch.OutOfMemoryError:
         pytest.skip(f"{case.impl} at N={case.n}, d={case.d} does not fit in {device} memory")
-    # Per call, the round with least user time (CPU timers tick coarsely for short calls).
-    user, system = min(usage)
-    benchmark.extra_info.update({"cpu_user_s": user, "cpu_sys_s": system})
+    # Per call, the round with the least CPU time: other jobs can only add to it.
+    user, system = min(usage, key=sum)
+    benchmark.extra_info.update(
+        cpu_s=user + system,
+        cpu_user_s=user,
+        cpu_sys_s=system,
+        ops=ops.ops,
+        views=ops.views,
+        elements_written=ops.elements,
+        warmup_calls=warmups,
+    )

@@ -9,7 +9,9 @@ Four sweeps, each over one quantity with the others fixed:
 
 Every implementation gets sizes it can reach: ``hsa_fast.hsa`` the large ones, dense
 ``scaled_dot_product_attention`` up to where ``N**2`` gets slow, and the float64 reference
-``hsa_ref.hsa_reference`` (``O(M N**2)``, CPU only) small ones. The ``M`` and ``b`` sweeps of
+``hsa_ref.hsa_reference`` (``O(M N**2)``, CPU only) small ones. The ``N`` sweeps of
+``hsa_fast`` and dense attention both start at ``N = 64``, below the size where the programme
+starts to win, so that the crossover is measured as well as predicted. The ``M`` and ``b`` sweeps of
 ``hsa_fast`` share their ``N`` with one dense point of the ``N`` sweep, which the plots draw as
 the dense baseline. All runs use 8 heads, float32 (float64 for the reference), ``d = 64`` outside
 the ``d`` sweep.
@@ -91,8 +93,8 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
-        n_fast=(1024, 4096, 16384, 65536),
-        n_dense=(256, 512, 1024, 2048, 4096),
+        n_fast=(64, 128, 256, 1024, 4096, 16384, 65536),
+        n_dense=(64, 128, 256, 512, 1024, 2048, 4096),
         n_ref=(32, 64, 128),
         fixed_n_fast=4096,
         fixed_n_ref=64,
@@ -108,8 +110,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "default": Profile(
         name="default",
-        n_fast=(1024, 4096, 16384, 65536, 262144),
-        n_dense=(512, 1024, 2048, 4096, 8192, 16384),
+        n_fast=(64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144),
+        n_dense=(64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
         n_ref=(32, 64, 128, 256),
         fixed_n_fast=16384,
         fixed_n_ref=256,
@@ -125,8 +127,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "full": Profile(
         name="full",
-        n_fast=tuple(4096 << k for k in range(9)),  # 4,096 .. 1,048,576
-        n_dense=(1024, 2048, 4096, 8192, 16384, 32768, 65536),
+        n_fast=tuple(64 << k for k in range(15)),  # 64 .. 1,048,576
+        n_dense=tuple(64 << k for k in range(11)),  # 64 .. 65,536
         n_ref=(32, 64, 128, 256, 512),
         fixed_n_fast=65536,
         fixed_n_ref=256,

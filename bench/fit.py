@@ -1,4 +1,8 @@
-"""Power-law fits ``y = c * x**p`` by least squares on logs, with a Student-t confidence interval.
+"""Least-squares fits with Student-t confidence intervals.
+
+- :func:`fit_power_law`: ``y = c * x**p`` by least squares on logs;
+- :func:`fit_nonnegative`: ``y = X c`` with ``c >= 0``, by least squares on the relative error
+  ``(X c - y) / y`` (the cost model's fit, :mod:`bench.cost_model`).
 
 Only numpy and the standard library: the t distribution is computed here (``t_cdf``,
 ``t_quantile``) rather than taken from scipy, which is not a dependency of this project.
@@ -14,7 +18,14 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["PowerLawFit", "fit_power_law", "t_cdf", "t_quantile"]
+__all__ = [
+    "LinearFit",
+    "PowerLawFit",
+    "fit_nonnegative",
+    "fit_power_law",
+    "t_cdf",
+    "t_quantile",
+]
 
 _EPS = 2.0**-53
 
@@ -189,5 +200,103 @@ def fit_power_law(
         stderr=stderr,
         r2=r2,
         points=int(xa.size),
+        level=level,
+    )
+
+
+MAX_TERMS = 12
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """``y ~ X @ coef`` with ``coef >= 0``, fitted on the relative error.
+
+    ``ci[j]`` is the two-sided ``level`` interval of ``coef[j]`` from the least-squares fit on the
+    terms left positive (``support``); a term the constraint holds at zero has ``(nan, nan)``.
+    Intervals are ``(nan, nan)`` throughout when no degrees of freedom are left.
+    ``relative_residuals`` is ``X @ coef / y - 1`` per point.
+    """
+
+    coef: np.ndarray
+    ci: tuple[tuple[float, float], ...]
+    support: tuple[bool, ...]
+    relative_residuals: np.ndarray
+    dof: int
+    level: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Predictions for the rows of ``x`` ``(points, terms)``."""
+        return np.asarray(x, dtype=float) @ self.coef
+
+    @property
+    def rms_relative_error(self) -> float:
+        return float(np.sqrt(np.mean(self.relative_residuals**2)))
+
+
+def fit_nonnegative(
+    x: Sequence[Sequence[float]] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    *,
+    level: float = 0.95,
+) -> LinearFit:
+    """Non-negative least squares of the relative error: ``min sum_i ((X c)_i / y_i - 1)**2``,
+    ``c >= 0``.
+
+    ``x`` is ``(points, terms)`` with finite, non-negative entries, ``y`` ``(points,)`` finite
+    and positive, at most :data:`MAX_TERMS` terms. Exact: every support (set of terms allowed
+    to be positive) is solved by unconstrained least squares, and the best one whose solution is
+    positive wins (the constrained optimum is the unconstrained one on its own support). The
+    interval of a term is ``c_j +- t * stderr_j``, from the covariance ``s**2 (A^T A)^-1`` of
+    that support's fit (``A = X / y``, ``s**2`` its residual sum over ``points - |support|``).
+    ``ValueError`` for inputs outside these bounds.
+    """
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xa.ndim != 2 or ya.ndim != 1 or xa.shape[0] != ya.shape[0]:
+        raise ValueError(f"x must be (points, terms) and y (points,), got {xa.shape}, {ya.shape}")
+    points, terms = xa.shape
+    if not 1 <= terms <= MAX_TERMS:
+        raise ValueError(f"a non-negative fit takes 1 to {MAX_TERMS} terms, got {terms}")
+    if points < 1:
+        raise ValueError("a non-negative fit needs at least one point")
+    if not (np.all(np.isfinite(xa)) and np.all(xa >= 0)):
+        raise ValueError("a non-negative fit needs finite, non-negative x")
+    if not (np.all(np.isfinite(ya)) and np.all(ya > 0)):
+        raise ValueError("a non-negative fit needs finite, positive y")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    a = xa / ya[:, None]
+    norms = np.linalg.norm(a, axis=0)
+    scale = np.where(norms > 0, norms, 1.0)  # unit columns: the solves stay well conditioned
+    a = a / scale
+    ones = np.ones(points)
+    best_rss, best_u, best_support = float(points), np.zeros(terms), np.zeros(terms, bool)
+    for mask in range(1, 1 << terms):
+        support = np.array([(mask >> j) & 1 for j in range(terms)], dtype=bool)
+        if support.sum() > points or np.any(norms[support] == 0):
+            continue
+        sol = np.linalg.lstsq(a[:, support], ones, rcond=None)[0]
+        if np.any(sol <= 0):
+            continue
+        u = np.zeros(terms)
+        u[support] = sol
+        rss = float(np.sum((a @ u - 1) ** 2))
+        if rss < best_rss:
+            best_rss, best_u, best_support = rss, u, support
+    coef = best_u / scale
+    dof = points - int(best_support.sum())
+    ci = [(math.nan, math.nan)] * terms
+    if dof > 0 and best_support.any():
+        sub = a[:, best_support]
+        cov = best_rss / dof * np.linalg.pinv(sub.T @ sub)
+        t = t_quantile(0.5 + level / 2, dof)
+        for i, j in enumerate(np.flatnonzero(best_support)):
+            half = t * math.sqrt(max(cov[i, i], 0.0)) / scale[j]
+            ci[j] = (coef[j] - half, coef[j] + half)
+    return LinearFit(
+        coef=coef,
+        ci=tuple(ci),
+        support=tuple(bool(b) for b in best_support),
+        relative_residuals=xa @ coef / ya - 1,
+        dof=dof,
         level=level,
     )

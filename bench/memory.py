@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,13 +47,16 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _load_programme(path: str | None):
+def load_programme(path: str | None):
+    """``hsa_programme`` of this checkout (``path=None``) or of the file ``path``
+    (:func:`baseline_file`)."""
     if path is None:
         from hsa_fast.programme import hsa_programme
 
         return hsa_programme
     spec = importlib.util.spec_from_file_location("hsa_baseline_programme", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module.hsa_programme
 
@@ -71,7 +75,7 @@ def child(case: dict) -> dict:
     from hsa_ref.validation import check_scale
 
     torch.set_num_threads(1)
-    run = _load_programme(case.get("programme"))
+    run = load_programme(case.get("programme"))
     n, b, d = case["n"], case["b"], case["d"]
     layout = compile_hierarchy(_hierarchy(n, b))
     g = torch.Generator().manual_seed(0)
@@ -105,12 +109,14 @@ def _spawn(case: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _baseline_file(rev: str, folder: str) -> str:
+def baseline_file(rev: str, folder: str) -> str:
+    """The programme of git revision ``rev`` as a file in ``folder`` that imports this
+    checkout's ``hsa_fast`` (its relative imports made absolute)."""
     text = subprocess.run(
         ["git", "show", f"{rev}:hsa_fast/programme.py"], capture_output=True, text=True, check=True
     ).stdout
     path = Path(folder) / "hsa_baseline_programme.py"
-    path.write_text(text.replace("from .layout import", "from hsa_fast.layout import"))
+    path.write_text(re.sub(r"^from \.(\w+) import", r"from hsa_fast.\1 import", text, flags=re.M))
     return str(path)
 
 
@@ -124,7 +130,7 @@ def speed_ratio(n: int, b: int, d: int, baseline: str, repeats: int) -> tuple[fl
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        new, old = _load_programme(None), _load_programme(baseline)
+        new, old = load_programme(None), load_programme(baseline)
         layout = compile_hierarchy(_hierarchy(n, b))
         q, k, v = (torch.randn(1, n, d) for _ in range(3))
         best = {"new": float("inf"), "old": float("inf")}
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, one head, float32, d = {d}\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = _baseline_file(args.baseline, tmp) if args.baseline else None
+        baseline = baseline_file(args.baseline, tmp) if args.baseline else None
         programmes = [("current", None)] + ([(args.baseline, baseline)] if baseline else [])
         print("| programme | N | b | q, k, v, out | forward extra | forward + backward extra |")
         print("| --- | --- | --- | --- | --- | --- |")

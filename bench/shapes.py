@@ -23,11 +23,13 @@ from hsa_ref import Hierarchy
 
 __all__ = [
     "SHAPES",
+    "TreeSums",
     "Work",
     "balanced_work",
     "build",
     "dense_work",
     "programme_work",
+    "tree_sums",
 ]
 
 SHAPES = ("balanced", "packed")
@@ -104,3 +106,37 @@ def balanced_work(n: int, b: int) -> int:
         total += extra * (size + 1) * size + (g - extra) * size * (size - 1)
         m = g
     return total
+
+
+@dataclass(frozen=True)
+class TreeSums:
+    """Sums over the trees ``t`` of a forest, for work that is quadratic within each tree (the
+    float64 reference evaluates every tree on its own over its ``n_t x n_t`` scores).
+
+    ``trees``: the number of trees; ``leaves_sq``: ``sum_t n_t**2``; ``children_leaves_sq``:
+    ``sum_t c_t n_t**2`` with ``c_t`` the tree's children (its nodes but the root), one
+    ``n_t x n_t`` pass per child; ``families_leaves_sq``: ``sum_t m_t n_t**2`` with ``m_t`` the
+    tree's families, one pass per family; ``trees_nodes``: ``trees * (N + M)``.
+    """
+
+    trees: int
+    leaves_sq: int
+    children_leaves_sq: int
+    families_leaves_sq: int
+    trees_nodes: int
+
+
+def tree_sums(h: Hierarchy) -> TreeSums:
+    """The per-tree sums of ``h`` (exact integers)."""
+    _, tree = np.unique(h.root_of, return_inverse=True)
+    tree = tree.reshape(-1)
+    leaves = np.bincount(tree[: h.num_leaves], minlength=h.num_trees).astype(object)
+    nodes = np.bincount(tree, minlength=h.num_trees).astype(object)
+    square = leaves**2
+    return TreeSums(
+        trees=h.num_trees,
+        leaves_sq=int(square.sum()),
+        children_leaves_sq=int(((nodes - 1) * square).sum()),
+        families_leaves_sq=int(((nodes - leaves) * square).sum()),
+        trees_nodes=h.num_trees * h.num_nodes,
+    )

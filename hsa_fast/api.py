@@ -1,4 +1,4 @@
-"""The public entry point: validation, then the programme on the input's device.
+"""The public entry point: validation, then the backend's HSA on the input's device.
 
 ``backend="auto"`` runs the Triton kernels (:mod:`hsa_fast.triton`) on CUDA tensors
 when Triton is installed and the inputs suit them, and the PyTorch programme otherwise."""
@@ -8,37 +8,11 @@ from __future__ import annotations
 import torch
 
 from hsa_ref import Hierarchy, check_attention_inputs
-from hsa_ref.validation import check_dtype
 
-from .backends import choose_backend
-from .layout import HSALayout, compile_hierarchy
-from .programme import accumulation_dtype, hsa_programme
-from .triton import hsa_triton
+from .backends import centre_per_tree, run_backend
+from .layout import compile_hierarchy
 
 __all__ = ["centre_per_tree", "hsa"]
-
-
-def centre_per_tree(
-    q: torch.Tensor, k: torch.Tensor, layout: HSALayout
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q - c_T, k - c_T`` with ``c_T`` the mean of ``(q + k) / 2`` over each tree's leaves.
-
-    The distance energy is invariant under one common shift of every q and k of a tree, and no
-    attention crosses trees, so the centred inputs give the same HSA; far from the origin they
-    spare the block energies ``scale <qbar, kbar> - scale/2 (|q|^2 + |k|^2)`` their cancellation.
-    ``c_T`` is rounded to the input dtype (a difference of nearby floats is exact) and detached:
-    the derivative of the output along a common shift is zero, so gradients are unchanged.
-    Non-finite entries are left out of the means and stay inside their tree.
-    """
-    acc = accumulation_dtype(q.dtype)
-    with torch.no_grad():
-        mid = (q.to(acc) + k.to(acc)) * 0.5
-        mid = torch.where(torch.isfinite(mid), mid, 0.0)
-        sums = mid.new_zeros(*mid.shape[:-2], layout.num_trees, mid.shape[-1])
-        sums.index_add_(-2, layout.leaf_tree, mid)
-        counts = torch.bincount(layout.leaf_tree, minlength=layout.num_trees).to(acc)
-        centre = (sums / counts.unsqueeze(-1)).to(q.dtype).index_select(-2, layout.leaf_tree)
-    return q - centre, k - centre
 
 
 def hsa(
@@ -56,8 +30,9 @@ def hsa(
 
     Args:
         q, k: ``(..., N, d_k)``; v: ``(..., N, d_v)``; batch dimensions broadcast, as in
-            ``torch.nn.functional.scaled_dot_product_attention``. float64, float32, float16 or
-            bfloat16 (other dtypes raise ``TypeError``), all one dtype and device; ``N`` is
+            ``torch.nn.functional.scaled_dot_product_attention``. Dense tensors of float64,
+            float32, float16 or bfloat16 (``hsa_ref.validation.DTYPES``; others raise
+            ``TypeError``), all one dtype and device; ``N`` is
             ``hierarchy.num_leaves``. For ``energy="distance"`` q and k are first centred per
             tree (:func:`centre_per_tree`), which leaves HSA unchanged and keeps the energy
             exact far from the origin.
@@ -73,7 +48,8 @@ def hsa(
             cannot run; CPU tensors only under ``TRITON_INTERPRET=1``, for testing).
 
     Returns:
-        ``(..., N, d_v)`` in the dtype of ``q``.
+        ``(..., N, d_v)`` in the dtype of ``q``, differentiable (first-order gradients) in
+        ``q, k, v`` and ``positions``.
 
     Raises:
         TypeError, ValueError: for bad arguments, naming the argument at fault.
@@ -81,18 +57,13 @@ def hsa(
     checked = check_attention_inputs(
         q, k, v, hierarchy, scale=scale, energy=energy, positions=positions
     )
-    check_dtype(checked.q.dtype, "the dtype of q, k and v")
-    layout = compile_hierarchy(hierarchy, checked.q.device)
-    chosen = choose_backend(backend, checked.q, checked.v, checked.positions, hierarchy.num_nodes)
-    run = hsa_triton if chosen == "triton" else hsa_programme
-    q, k = checked.q, checked.k
-    if checked.energy == "distance":
-        q, k = centre_per_tree(q, k, layout)
-    return run(
-        q,
-        k,
+    return run_backend(
+        backend,
+        checked.q,
+        checked.k,
         checked.v,
-        layout,
+        compile_hierarchy(hierarchy, checked.q.device),
+        hierarchy.num_nodes,
         scale=checked.scale,
         energy=checked.energy,
         positions=checked.positions,

@@ -13,12 +13,20 @@ the root down to ``B`` and ``U(B)`` what ``B``'s ancestors' siblings send into i
 
 1. runs the programme on its local forest, getting ``y^B`` and ``F(B)`` (no communication);
 2. all-gathers the summaries of its cut nodes that have a parent;
-3. evaluates the small top tree above the cut (identically on every rank): up for ``L`` and
-   ``F``, down for ``log W`` and ``U`` at every cut node;
+3. evaluates the small tree above the cut (identically on every rank) with the programme itself
+   (:func:`~hsa_fast.programme.hsa_summaries`, whose leaves are the cut nodes): ``log W`` and
+   ``U`` at every cut node;
 4. returns ``y_i = U(B) + W(B) y_i^B`` for its leaves.
 
-Backward: the top tree runs on every rank, so each rank backpropagates it from the adjoints of
-``U`` and ``log W`` at *all* cut nodes, which one all-gather of the local adjoints provides;
+For the distance energy every cut node is centred on its own: its rank subtracts ``c_B``, the
+mean of ``(q + k) / 2`` over ``B`` rounded to the input dtype, before the summaries, and sends
+``c_B`` with them; the tree above the cut then measures each cut node's means from the centre
+``c_T`` of its tree (``(c_B - c_T) + mean(q - c_B)``, a difference of nearby floats plus a
+small mean), so the energies above the cut are as exact far from the origin as below it.
+
+Backward: the tree above the cut runs on every rank, so each rank backpropagates it from the
+adjoints of ``U`` and ``log W`` at *all* cut nodes, which one all-gather of the local adjoints
+provides;
 the gradient of the gathered summaries is then the same on every rank and each keeps its own
 rows (no second exchange). Both collectives carry ``O(P * cut * d)`` numbers, independent of N.
 """
@@ -35,13 +43,12 @@ import torch
 import torch.distributed as dist
 
 from hsa_ref import Hierarchy, check_attention_inputs
+from hsa_ref.validation import DTYPES
 
-from .api import centre_per_tree
-from .backends import choose_backend
-from .layout import compile_hierarchy
-from .programme import accumulation_dtype, hsa_programme
+from .backends import run_backend, tree_centres
+from .layout import HSALayout, compile_hierarchy, compile_weighted
+from .programme import accumulation_dtype, hsa_summaries
 from .sharding import Shard, ShardPlan, partition
-from .triton import hsa_triton
 
 __all__ = [
     "Collective",
@@ -53,7 +60,6 @@ __all__ = [
 ]
 
 _ENERGY_CODES = {"dot": 1, "distance": 2}
-_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _META = ("inputs valid", "plan", "batch shape", "d_k", "d_v", "dtype", "energy", "scale")
 
 
@@ -110,7 +116,7 @@ def planned_collectives(
     item = torch.empty((), dtype=accumulation_dtype(dtype)).element_size()
     out = [Collective("forward", "metadata", len(_META), 8, world)]
     if plan.top_levels:
-        width = 2 * d_k + d_v + 1 + (2 if energy == "distance" else 0)
+        width = _summary_width(d_k, d_v, energy == "distance")
         out.append(Collective("forward", "summaries", slots * batch * width, item, world))
         if backward:
             out.append(Collective("backward", "adjoints", slots * batch * (d_v + 1), item, world))
@@ -164,81 +170,63 @@ class _OwnRows(torch.autograd.Function):
         return full, None, None, None, None, None
 
 
-def _padded(kids: torch.Tensor, pad: int) -> torch.Tensor:
-    """Table rows of a level's children, with ``pad`` (a row of zeros) in padded slots."""
-    return kids.masked_fill(kids < 0, pad)
+def _summary_width(d_k: int, d_v: int, distance: bool) -> int:
+    """Numbers per cut node and batch element: means of q, k, v and F; for the distance energy
+    also the centre ``c_B`` and the variances ``Vq(B), Vk(B)``."""
+    return 2 * d_k + d_v + 1 + (d_k + 2 if distance else 0)
 
 
-def _top_tree(
-    table: torch.Tensor, plan: ShardPlan, d_k: int, d_v: int, scale: float, distance: bool
+_TOP: weakref.WeakKeyDictionary[ShardPlan, dict[torch.device, tuple]] = weakref.WeakKeyDictionary()
+
+
+def _top_layout(plan: ShardPlan, device: torch.device) -> tuple[HSALayout, torch.Tensor]:
+    """The layout of the tree above the cut (``plan.top_tree``, its leaves weighted by the cut
+    nodes' sizes) and those sizes ``(R,)`` (float64), built once per plan and device."""
+    with _LOCK:
+        per_device = _TOP.setdefault(plan, {})
+        if device not in per_device:
+            sizes = plan.table_counts[: plan.num_shards * plan.slots]
+            layout = compile_weighted(plan.top_tree, sizes, device)
+            with torch.inference_mode(False):  # cached: ordinary tensors, as layouts are
+                sizes = torch.as_tensor(sizes, dtype=torch.float64, device=device)
+            per_device[device] = (layout, sizes)
+        return per_device[device]
+
+
+def _above_cut(
+    table: torch.Tensor,
+    layout: HSALayout,
+    sizes: torch.Tensor,
+    d_k: int,
+    d_v: int,
+    scale: float,
+    distance: bool,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """``(Z, P * slots, d_v + 1)``: ``U`` and ``log W`` of every cut row of ``table``.
+    """``(Z, R, d_v + 1)``: ``U`` and ``log W`` of every cut row of the gathered ``table``
+    ``(Z, R, width)`` (:func:`_summary_width`), the programme run over the tree above the cut
+    (``layout``, ``sizes``: :func:`_top_layout`).
 
-    ``table`` ``(Z, R, width)`` holds per row ``[mean q, mean k, mean v, F, (Vq, Vk)]``, cut
-    rows filled and family rows zero. Families are evaluated level by level exactly as in
-    docs/HSA.md section 5, out of place (the top tree is small). For the distance energy the block
-    energies take the programme's variance form, ``-scale/2 (|qbar_B - kbar_C|^2 + Vq(B) +
-    Vk(C))`` about the family's centre, so no cancellation grows with the distance from the
-    origin. Padded child slots read an extra zero row, so a non-finite tree never leaks into
-    another's families.
+    For the distance energy a row holds ``[c_B, mean(q - c_B), mean(k - c_B), mean v, F, Vq,
+    Vk]``; each row's means are taken from its tree's centre ``c_T`` (the weighted mean of the
+    ``c_B``, rounded to ``dtype``) before the programme sees them.
     """
-    device, acc = table.device, table.dtype
-    z, num_cut, pad = table.shape[0], plan.num_shards * plan.slots, table.shape[1]
-    table = torch.cat([table, table.new_zeros(z, 1, table.shape[-1])], 1)
-    counts = torch.as_tensor(plan.table_counts, dtype=acc, device=device)
-    saved = []
-    for fams, kids in plan.top_levels:
-        fams_t = torch.as_tensor(fams, device=device)
-        kids_t = torch.as_tensor(kids, device=device)
-        f, w = kids.shape
-        valid = kids_t >= 0
-        rows = table.index_select(1, _padded(kids_t, pad).flatten())
-        rows = rows.unflatten(1, (f, w))
-        q_c, k_c = rows[..., :d_k], rows[..., d_k : 2 * d_k]
-        v_c, f_c = rows[..., 2 * d_k : 2 * d_k + d_v], rows[..., 2 * d_k + d_v]
-        size = torch.where(valid, counts[kids_t.clamp(min=0)], 0.0)  # (f, w)
-        weight = size / size.sum(-1, keepdim=True)
-        means = (weight.unsqueeze(-1) * rows).sum(-2)  # means over A of every column but F
-        if distance:
-            q_a, k_a = means[..., :d_k], means[..., d_k : 2 * d_k]
-            centre = (0.5 * (q_a + k_a)).unsqueeze(-2)
-            dq, dk = q_c - centre, k_c - centre
-            vq, vk = rows[..., -2] + dq.square().sum(-1), rows[..., -1] + dk.square().sum(-1)
-            energies = scale * (dq @ dk.transpose(-1, -2))
-            energies = energies - 0.5 * scale * (vq.unsqueeze(-1) + vk.unsqueeze(-2))
-            # Vq(A) = sum_B |B|/|A| (Vq(B) + |qbar_B - qbar_A|^2), likewise Vk(A)
-            spread_q = (q_c - q_a.unsqueeze(-2)).square().sum(-1)
-            spread_k = (k_c - k_a.unsqueeze(-2)).square().sum(-1)
-            var_a = torch.stack(
-                [
-                    (weight * (rows[..., -2] + spread_q)).sum(-1),
-                    (weight * (rows[..., -1] + spread_k)).sum(-1),
-                ],
-                -1,
-            )
-            means = torch.cat([means[..., :-2], var_a], -1)
-        else:
-            energies = scale * (q_c @ k_c.transpose(-1, -2))  # e_BC: (Z, f, w, w)
-        eye = torch.eye(w, dtype=torch.bool, device=device)
-        logits = torch.where(eye, f_c.unsqueeze(-1), energies + size.log().unsqueeze(1))
-        log_z = torch.logsumexp(logits, -1)  # L(B)
-        share = torch.exp(logits - log_z.unsqueeze(-1)).masked_fill(eye, 0.0)
-        saved.append((fams_t, kids_t, valid, f_c - log_z, share @ v_c))
-        f_a = (weight * log_z).sum(-1, keepdim=True)  # F(A) = sum_B |B|/|A| L(B)
-        col = 2 * d_k + d_v
-        means = torch.cat([means[..., :col], f_a, means[..., col + 1 :]], -1)
-        table = table.index_copy(1, fams_t, means)
-    log_w = table.new_zeros(z, table.shape[1])
-    u = table.new_zeros(z, table.shape[1], d_v)
-    for fams_t, kids_t, valid, log_mu, sent in reversed(saved):
-        w_parent = log_w.index_select(1, fams_t).unsqueeze(-1)  # (Z, f, 1)
-        child_log_w = w_parent + log_mu
-        child_u = u.index_select(1, fams_t).unsqueeze(-2) + w_parent.exp().unsqueeze(-1) * sent
-        flat = valid.flatten()
-        ids = kids_t.flatten()[flat]
-        log_w = log_w.index_copy(1, ids, child_log_w.flatten(1, 2)[:, flat])
-        u = u.index_copy(1, ids, child_u.flatten(1, 2)[:, flat])
-    return torch.cat([u, log_w.unsqueeze(-1)], -1)[:, :num_cut]
+    if distance:
+        centre, q, k = table[..., :d_k], table[..., d_k : 2 * d_k], table[..., 2 * d_k : 3 * d_k]
+        rest = table[..., 3 * d_k :]
+        with torch.no_grad():
+            acc = table.dtype
+            sums = table.new_zeros(table.shape[0], layout.num_trees, d_k)
+            sums.index_add_(1, layout.leaf_tree, centre * sizes.to(acc).unsqueeze(-1))
+            c_tree = (sums / layout.tree_size.to(acc).unsqueeze(-1)).to(dtype).to(acc)
+            shift = centre - c_tree.index_select(1, layout.leaf_tree)
+        q, k = shift + q, shift + k
+    else:
+        q, k, rest = table[..., :d_k], table[..., d_k : 2 * d_k], table[..., 2 * d_k :]
+    v, f = rest[..., :d_v], rest[..., d_v]
+    variances = (rest[..., d_v + 1], rest[..., d_v + 2]) if distance else None
+    u, log_w = hsa_summaries(q, k, v, f, variances, layout, scale=scale)
+    return torch.cat([u, log_w.unsqueeze(-1)], -1)
 
 
 def _fingerprint(*values: object) -> int:
@@ -271,7 +259,7 @@ def _agree(
         per_rank = [every[r][col] for r in range(world)]
         if len(set(per_rank)) > 1:
             if name == "dtype":
-                per_rank = [str(_DTYPES[c - 1]) if c > 0 else "other" for c in per_rank]
+                per_rank = [str(DTYPES[c - 1]) if c > 0 else "other" for c in per_rank]
             elif name in ("plan", "batch shape", "scale"):
                 per_rank = [f"#{c % 10_000:04d}" for c in per_rank]  # digests
             raise ValueError(
@@ -318,7 +306,7 @@ def hsa_sharded(
     collectives, so every rank must also run the backward).
 
     Communication per call: one all-gather of 8 integers (the ranks check they agree), one of
-    ``slots`` cut summaries per rank (``2 d_k + d_v + 1`` numbers each, ``+ 2`` for the
+    ``slots`` cut summaries per rank (``2 d_k + d_v + 1`` numbers each, ``+ d_k + 2`` for the
     distance energy, per batch element; skipped when no tree spans two shards) and, in the
     backward, one of ``slots`` adjoints per rank (``d_v + 1`` numbers each). ``stats`` (a
     :class:`CommStats`) records each with its size.
@@ -355,7 +343,7 @@ def hsa_sharded(
             _fingerprint(tuple(checked.batch_shape)),
             checked.q.shape[-1],
             checked.v.shape[-1],
-            _DTYPES.index(checked.q.dtype) + 1 if checked.q.dtype in _DTYPES else -1,
+            DTYPES.index(checked.q.dtype) + 1,
             _ENERGY_CODES[checked.energy],
             struct.unpack("<q", struct.pack("<d", checked.scale))[0],
         ]
@@ -366,18 +354,19 @@ def hsa_sharded(
     q, k, v = checked.q, checked.k, checked.v
     d_k, d_v, n = q.shape[-1], v.shape[-1], shard.num_leaves
     distance = checked.energy == "distance"
-    layout = compile_hierarchy(shard.local, q.device)
-    chosen = choose_backend(backend, q, v, None, shard.local.num_nodes)
-    kwargs = {"scale": checked.scale, "energy": checked.energy}
+    local = shard.local
+    layout = compile_hierarchy(local, q.device)
+    centres = None
+    if distance:  # every cut node (a tree of the local forest) centred on its own
+        centres = tree_centres(q, k, layout)  # (..., cut nodes, d_k), in the input dtype
+        shift = centres.index_select(-2, layout.leaf_tree)
+        q, k = q - shift, k - shift
+    kwargs = {"scale": checked.scale, "energy": checked.energy, "centred": True}
     if not plan.top_levels:  # every tree lies on one shard: nothing to exchange
-        run = hsa_triton if chosen == "triton" else hsa_programme
-        q_run, k_run = centre_per_tree(q, k, layout) if distance else (q, k)
-        return run(q_run, k_run, v, layout, **kwargs)
-    # y^B and F(B) are invariant under a common shift of a local tree's q and k (distance)
-    q_run, k_run = centre_per_tree(q, k, layout) if distance else (q, k)
-    y_local, f_all = hsa_programme(q_run, k_run, v, layout, return_log_partition=True, **kwargs)
-    if chosen == "triton":
-        y_local = hsa_triton(q_run, k_run, v, layout, **kwargs)
+        return run_backend(backend, q, k, v, layout, local.num_nodes, **kwargs)
+    y_local, f_all = run_backend(
+        backend, q, k, v, layout, local.num_nodes, return_log_partition=True, **kwargs
+    )
 
     acc = accumulation_dtype(q.dtype)
     batch = checked.batch_shape
@@ -390,31 +379,35 @@ def hsa_sharded(
     slot_of_cut[torch.as_tensor(shard.sent, dtype=torch.long)] = torch.arange(shard.sent.size)
     leaf_slot = slot_of_cut[torch.as_tensor(shard.leaf_cut, dtype=torch.long)].to(device)
     counts = torch.ones(slots + 1, dtype=acc, device=device)
-    sent_counts = shard.local.leaf_counts[shard.cut_local[shard.sent]]
+    sent_counts = local.leaf_counts[shard.cut_local[shard.sent]]
     counts[: shard.sent.size] = torch.as_tensor(sent_counts, dtype=acc, device=device)
+    sent = torch.as_tensor(shard.sent, dtype=torch.long, device=device)
 
     def mean(x: torch.Tensor) -> torch.Tensor:  # (Z, n, c) -> (Z, slots, c): mean over B
         sums = x.new_zeros(z, slots + 1, x.shape[-1]).index_add(1, leaf_slot, x)
         return sums[:, :slots] / counts[:slots, None]
 
+    def padded(x: torch.Tensor) -> torch.Tensor:  # (Z, sent, c) -> (Z, slots, c)
+        return torch.cat([x, x.new_zeros(z, slots - x.shape[1], x.shape[-1])], 1)
+
     sent_roots = torch.as_tensor(shard.cut_local[shard.sent], dtype=torch.long, device=device)
-    f_cut = f_all.reshape(z, -1).index_select(1, sent_roots)
-    f_cut = torch.cat([f_cut, f_cut.new_zeros(z, slots - shard.sent.size)], 1)
+    f_cut = padded(f_all.reshape(z, local.num_nodes).index_select(1, sent_roots).unsqueeze(-1))
     q_mean, k_mean = mean(qz), mean(kz)
-    columns = [q_mean, k_mean, mean(vz), f_cut.unsqueeze(-1)]
-    if distance:  # within-node variances, two-pass: deviations from each cut node's own mean
+    columns = [q_mean, k_mean, mean(vz), f_cut]
+    if distance:  # the centres, and within-node variances about each cut node's own mean
 
         def spread(x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
             padded = torch.cat([centre, centre.new_zeros(z, 1, centre.shape[-1])], 1)
             return (x - padded.index_select(1, leaf_slot)).square().sum(-1, keepdim=True)
 
-        columns += [mean(spread(qz, q_mean)), mean(spread(kz, k_mean))]
-    local = torch.cat(columns, -1).transpose(0, 1).contiguous()  # (slots, Z, width)
+        c_sent = centres.reshape(z, shard.cut.size, d_k).index_select(1, sent).to(acc)
+        columns = [padded(c_sent), *columns, mean(spread(qz, q_mean)), mean(spread(kz, k_mean))]
+    summaries = torch.cat(columns, -1).transpose(0, 1).contiguous()  # (slots, Z, width)
 
-    gathered = _GatherSummaries.apply(local, group, world, rank, stats)  # (P, slots, Z, width)
+    gathered = _GatherSummaries.apply(summaries, group, world, rank, stats)  # (P, slots, Z, w)
     table = gathered.permute(2, 0, 1, 3).flatten(1, 2)  # (Z, P * slots, width)
-    table = torch.cat([table, table.new_zeros(z, plan.top_families.size, table.shape[-1])], 1)
-    top = _top_tree(table, plan, d_k, d_v, checked.scale, distance)
+    top_layout, sizes = _top_layout(plan, device)
+    top = _above_cut(table, top_layout, sizes, d_k, d_v, checked.scale, distance, q.dtype)
     own = _OwnRows.apply(top, group, world, rank, slots, stats)  # (Z, slots, d_v + 1)
     own = torch.cat([own, own.new_zeros(z, 1, d_v + 1)], 1).index_select(1, leaf_slot)
     y = own[..., :d_v] + own[..., d_v:].exp() * y_local.reshape(z, n, d_v).to(acc)

@@ -23,7 +23,7 @@ import torch
 
 from hsa_ref import Hierarchy
 
-__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy", "derived"]
+__all__ = ["FamilyBucket", "HSALayout", "compile_hierarchy", "compile_weighted", "derived"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class FamilyBucket:
     ``(f * width,)`` name the leaf / family read by each slot (0 / ``pad`` where the slot holds
     something else) and ``slot_is_leaf`` says which applies. ``leaf_slots, leaf_ids`` and
     ``family_slots, family_ids`` list the real slots of each kind, for writing results back.
+    ``unit_sizes``: every slot holds a child of one leaf (``log_size`` is all zero).
     """
 
     family: torch.Tensor
@@ -53,6 +54,7 @@ class FamilyBucket:
     family_ids: torch.Tensor
     has_leaves: bool
     has_families: bool
+    unit_sizes: bool
 
     @property
     def num_families(self) -> int:
@@ -66,7 +68,10 @@ class HSALayout:
     ``up``: buckets ordered so that every child is final before its family is processed;
     ``down``: per family depth ``t >= 1``, ``(families, parents)`` as local ids;
     ``leaf_parent``: ``(N,)`` local parent of each leaf (``pad`` for a one-leaf tree);
-    ``leaf_tree``: ``(N,)`` the tree of each leaf, numbered ``0 .. num_trees - 1``.
+    ``root_leaves``: the leaves that are one-leaf trees;
+    ``leaf_tree``: ``(N,)`` the tree of each leaf, numbered ``0 .. num_trees - 1``;
+    ``tree_size``: ``(num_trees,)`` float64, the number of leaves of each tree (the sum of its
+    leaves' sizes in a :func:`compile_weighted` layout).
     ``num_energies`` is the number of energies the programme evaluates,
     :attr:`Hierarchy.num_energies <hsa_ref.Hierarchy.num_energies>` (leaf self terms and sibling
     blocks, padding excluded); ``num_padded_energies`` counts the buckets' slots, padding included.
@@ -77,7 +82,9 @@ class HSALayout:
     up: tuple[FamilyBucket, ...]
     down: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     leaf_parent: torch.Tensor
+    root_leaves: torch.Tensor
     leaf_tree: torch.Tensor
+    tree_size: torch.Tensor
     num_trees: int
     device: torch.device
     num_energies: int
@@ -94,7 +101,9 @@ def _bucket_key(branching: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(np.maximum(branching, 1))).astype(np.int64)
 
 
-def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[FamilyBucket, int]:
+def _bucket(
+    h: Hierarchy, fam: np.ndarray, counts: np.ndarray, device: torch.device
+) -> tuple[FamilyBucket, int]:
     n, m = h.num_leaves, h.num_families
     offsets, order = h.children_csr
     b = h.branching[fam]
@@ -102,7 +111,6 @@ def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[Family
     valid = np.arange(width)[None, :] < b[:, None]
     first = offsets[fam][:, None] + np.arange(width)[None, :]
     kids = np.where(valid, order[np.minimum(first, len(order) - 1)], -1)
-    counts = h.leaf_counts.astype(np.float64)
     kid_counts = np.where(valid, counts[np.maximum(kids, 0)], 1.0)
     is_leaf = valid & (kids < n)
     is_family = valid & (kids >= n)
@@ -130,13 +138,21 @@ def _bucket(h: Hierarchy, fam: np.ndarray, device: torch.device) -> tuple[Family
         family_ids=t(flat_kids[family_slots] - n),
         has_leaves=bool(leaf_slots.size),
         has_families=bool(family_slots.size),
+        unit_sizes=bool(valid.all() and (kid_counts == 1).all()),
     )
     return bucket, len(fam) * width * (width - 1)
 
 
-def _build(h: Hierarchy, device: torch.device) -> HSALayout:
+def _build(h: Hierarchy, device: torch.device, leaf_sizes: np.ndarray | None = None) -> HSALayout:
     n, total = h.num_leaves, h.num_nodes
     m = total - n
+    if leaf_sizes is None:
+        counts = h.leaf_counts.astype(np.float64)
+    else:  # |B| of every node when leaf i stands for leaf_sizes[i] leaves
+        counts = np.zeros(total, dtype=np.float64)
+        counts[:n] = leaf_sizes
+        for nodes in reversed(h.nodes_by_depth[1:]):
+            np.add.at(counts, h.parent_array[nodes], counts[nodes])
     families = np.arange(n, total)
     height = h.height[families]
     key = _bucket_key(h.branching[families])
@@ -144,7 +160,7 @@ def _build(h: Hierarchy, device: torch.device) -> HSALayout:
     for level in np.unique(height):
         at_level = height == level
         for k in np.unique(key[at_level]):
-            bucket, padded = _bucket(h, families[at_level & (key == k)], device)
+            bucket, padded = _bucket(h, families[at_level & (key == k)], counts, device)
             up.append(bucket)
             num_padded += padded
     parent = h.parent_array
@@ -160,13 +176,22 @@ def _build(h: Hierarchy, device: torch.device) -> HSALayout:
             )
     leaf_parent = np.where(parent[:n] >= 0, parent[:n] - n, m)
     roots, leaf_tree = np.unique(h.root_of[:n], return_inverse=True)
+    leaf_tree = leaf_tree.reshape(-1)
     return HSALayout(
         num_leaves=n,
         num_families=m,
         up=tuple(up),
         down=tuple(down),
         leaf_parent=torch.as_tensor(leaf_parent, dtype=torch.long, device=device),
-        leaf_tree=torch.as_tensor(leaf_tree.reshape(-1), dtype=torch.long, device=device),
+        root_leaves=torch.as_tensor(
+            np.flatnonzero(parent[:n] < 0), dtype=torch.long, device=device
+        ),
+        leaf_tree=torch.as_tensor(leaf_tree, dtype=torch.long, device=device),
+        tree_size=torch.as_tensor(
+            np.bincount(leaf_tree, weights=counts[:n], minlength=len(roots)),
+            dtype=torch.float64,
+            device=device,
+        ),
         num_trees=len(roots),
         device=device,
         num_energies=h.num_energies,
@@ -186,7 +211,8 @@ def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") 
     """The layout of ``hierarchy`` on ``device``, built once and cached.
 
     The cache keeps one layout per (hierarchy, device) for as long as the hierarchy object
-    lives; equal hierarchies share it.
+    lives; equal hierarchies share it. Its tensors are ordinary ones even when the first call
+    comes under ``torch.inference_mode()``, so a later call that needs autograd can save them.
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}")
@@ -197,8 +223,24 @@ def compile_hierarchy(hierarchy: Hierarchy, device: torch.device | str = "cpu") 
         per_device = _CACHE.setdefault(hierarchy, {})
         layout = per_device.get(device)
         if layout is None:
-            layout = per_device[device] = _build(hierarchy, device)
+            with torch.inference_mode(False):
+                layout = per_device[device] = _build(hierarchy, device)
     return layout
+
+
+def compile_weighted(
+    hierarchy: Hierarchy, leaf_sizes: np.ndarray, device: torch.device | str = "cpu"
+) -> HSALayout:
+    """The layout of ``hierarchy`` whose leaf ``i`` stands for ``leaf_sizes[i] >= 1`` leaves
+    (a subtree summarised by its means, as in the tree above a sequence-parallel cut): the
+    weights ``|B| / |A|`` and ``log|C|`` count them. Not cached."""
+    sizes = np.asarray(leaf_sizes, dtype=np.float64)
+    if sizes.shape != (hierarchy.num_leaves,) or not (sizes >= 1).all():
+        raise ValueError(
+            f"leaf_sizes must hold {hierarchy.num_leaves} sizes >= 1, got shape {sizes.shape}"
+        )
+    with torch.inference_mode(False):
+        return _build(hierarchy, torch.device(device), sizes)
 
 
 def derived(layout: HSALayout, name: str, build: Callable[[HSALayout], T]) -> T:
@@ -206,11 +248,13 @@ def derived(layout: HSALayout, name: str, build: Callable[[HSALayout], T]) -> T:
 
     For a backend's own form of a layout (the Triton kernels' plan): it lives exactly as long
     as the layout, which :func:`compile_hierarchy`'s cache keeps while the hierarchy lives.
+    Built outside inference mode, like the layout itself.
     """
     value = layout._derived.get(name)
     if value is None:
         with _DERIVED_LOCK:
             value = layout._derived.get(name)
             if value is None:
-                value = layout._derived[name] = build(layout)
+                with torch.inference_mode(False):
+                    value = layout._derived[name] = build(layout)
     return value

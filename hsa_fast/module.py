@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from hsa_ref import Hierarchy, hsa_attention_matrix
-from hsa_ref.validation import ENERGIES
+from hsa_ref.validation import ENERGIES, check_dtype, check_tensor
 
 from .api import hsa
+from .packing import padded_forest, restrict
 
 __all__ = ["HierarchicalSelfAttention"]
 
@@ -25,22 +26,6 @@ def _positive_int(value: object, name: str, *, optional: bool = False) -> int | 
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return int(value)
-
-
-def without_pads(hierarchy: Hierarchy, pads: np.ndarray) -> tuple[Hierarchy, np.ndarray]:
-    """``hierarchy`` with the leaves where ``pads`` (``(N,)`` bool) is true cut out as one-leaf
-    trees, and families left without leaves dropped; also the original id of every node kept."""
-    n, parent = hierarchy.num_leaves, hierarchy.parent_array
-    real = np.zeros(hierarchy.num_nodes, dtype=np.int64)
-    real[:n] = ~pads
-    for nodes in reversed(hierarchy.nodes_by_depth[1:]):
-        np.add.at(real, parent[nodes], real[nodes])
-    kept = np.concatenate([np.arange(n), n + np.flatnonzero(real[n:] > 0)])
-    new_id = np.full(hierarchy.num_nodes, -1, dtype=np.int64)
-    new_id[kept] = np.arange(kept.size)
-    new_parent = np.where(parent[kept] >= 0, new_id[np.maximum(parent[kept], 0)], -1)
-    new_parent[:n][pads] = -1
-    return Hierarchy(new_parent, n), kept
 
 
 def _padding(mask: object, batch: int, length: int, unbatched: bool) -> np.ndarray | None:
@@ -60,6 +45,32 @@ def _padding(mask: object, batch: int, length: int, unbatched: bool) -> np.ndarr
     return mask.reshape(batch, length).cpu().numpy()
 
 
+def _restricted(
+    hierarchy: object, positions: object, pads: np.ndarray
+) -> list[tuple[Hierarchy, np.ndarray]]:
+    """Each element's hierarchy without its pads and the ids of the nodes it keeps
+    (:func:`~hsa_fast.packing.restrict`), after checking ``hierarchy`` and ``positions``
+    against the padded sequence."""
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}")
+    length = pads.shape[1]
+    if length != hierarchy.num_leaves:
+        raise ValueError(
+            f"the sequence has {length} positions but the hierarchy has "
+            f"{hierarchy.num_leaves} leaves"
+        )
+    if positions is not None and (
+        not isinstance(positions, torch.Tensor)
+        or positions.dim() != 2
+        or positions.shape[0] != hierarchy.num_nodes
+    ):
+        raise ValueError(
+            f"positions must be a (N + M, d_p) = ({hierarchy.num_nodes}, d_p) tensor, one row "
+            "per node of the hierarchy"
+        )
+    return [restrict(hierarchy, ~row) for row in pads]
+
+
 class HierarchicalSelfAttention(nn.Module):
     """Multi-head HSA with input and output projections.
 
@@ -72,8 +83,9 @@ class HierarchicalSelfAttention(nn.Module):
     sequence of ``hierarchy.num_leaves`` positions.
 
     Shapes: ``(L, B, E)`` or, with ``batch_first=True``, ``(B, L, E)``; unbatched ``(L, E)``.
-    Bad arguments raise ``TypeError`` (wrong types: ``embed_dim=16.0``, ``num_heads=True``) or
-    ``ValueError`` (non-positive sizes, ``kdim=0``, wrong embedding sizes), naming the argument.
+    Bad arguments raise ``TypeError`` (wrong types: ``embed_dim=16.0``, ``num_heads=True``,
+    ``dtype=torch.int64``, inputs of another dtype than the parameters) or ``ValueError``
+    (non-positive sizes, ``kdim=0``, wrong embedding sizes), naming the argument.
     """
 
     def __init__(
@@ -98,6 +110,8 @@ class HierarchicalSelfAttention(nn.Module):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         if energy not in ENERGIES:
             raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
+        if dtype is not None:
+            check_dtype(dtype, "dtype")
         factory = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
@@ -132,8 +146,36 @@ class HierarchicalSelfAttention(nn.Module):
         attention matrix, ``(B, L, L)`` averaged over heads (``(B, num_heads, L, L)`` with
         ``average_attn_weights=False``; no batch dimension for unbatched input), formed in
         O(L^2) memory by the reference. ``attn_mask`` and ``is_causal`` are refused: the
-        hierarchy sets who attends to whom (separate trees keep positions apart).
+        hierarchy sets who attends to whom (separate trees keep positions apart). Inputs must
+        have the dtype and device of the layer's parameters.
         """
+        query, key, value, unbatched = self._inputs(query, key, value, attn_mask, is_causal)
+        pads = _padding(key_padding_mask, *query.shape[:2], unbatched)
+        parts = None if pads is None else _restricted(hierarchy, positions, pads)
+        inputs = zip(self._projections, (query, key, value), strict=True)
+        q, k, v = (self._heads(proj(x)) for proj, x in inputs)
+        y = self._attend(q, k, v, hierarchy, positions, pads, parts)
+        out = self.out_proj(y.transpose(1, 2).flatten(2))
+        weights = None
+        if need_weights:
+            weights = self._weights(q, k, hierarchy, positions, parts, average_attn_weights)
+        if unbatched:
+            return out.squeeze(0), None if weights is None else weights.squeeze(0)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+    @property
+    def _projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        return self.q_proj, self.k_proj, self.v_proj
+
+    def _inputs(
+        self,
+        query: object,
+        key: object,
+        value: object,
+        attn_mask: object,
+        is_causal: object,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Checked ``query, key, value`` as ``(B, L, E)`` and whether they were unbatched."""
         if attn_mask is not None or is_causal:
             raise ValueError(
                 "attn_mask and is_causal are not supported: HSA's attention pattern is the "
@@ -142,16 +184,15 @@ class HierarchicalSelfAttention(nn.Module):
             )
         key = query if key is None else key
         value = key if value is None else value
-        for name, x in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if query.dim() not in (2, 3):
+        named = (("query", query), ("key", key), ("value", value))
+        for name, x in named:
+            check_tensor(name, x)
+        if query.dim() > 3:
             raise ValueError(f"query must be 2-D or 3-D, got shape {tuple(query.shape)}")
-        for name, x, size, arg in (
-            ("query", query, self.embed_dim, "embed_dim"),
-            ("key", key, self.kdim, "kdim"),
-            ("value", value, self.vdim, "vdim"),
-        ):
+        for (name, x), size, arg, proj in zip(
+            named, (self.embed_dim, self.kdim, self.vdim), ("embed_dim", "kdim", "vdim"),
+            self._projections, strict=True,
+        ):  # fmt: skip
             if x.dim() != query.dim():
                 raise ValueError(
                     f"{name} must have as many dimensions as query ({query.dim()}), got shape "
@@ -162,88 +203,90 @@ class HierarchicalSelfAttention(nn.Module):
                     f"{name} has embedding size {x.shape[-1]} (shape {tuple(x.shape)}), "
                     f"expected {arg} = {size}"
                 )
+            weight = proj.weight
+            if x.dtype != weight.dtype:
+                raise TypeError(
+                    f"{name} has dtype {x.dtype} but the layer's parameters are {weight.dtype}: "
+                    f"convert one to the other (layer.to({weight.dtype}) or {name}.to(...))"
+                )
+            if x.device != weight.device:
+                raise ValueError(
+                    f"{name} is on {x.device} but the layer's parameters are on {weight.device}"
+                )
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         if unbatched or not self.batch_first:  # to (B, L, E)
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
-        batch, length, _ = query.shape
-        if key.shape[:2] != (batch, length) or value.shape[:2] != (batch, length):
+        if key.shape[:2] != query.shape[:2] or value.shape[:2] != query.shape[:2]:
             raise ValueError(
                 "self-attention over one hierarchy: query, key and value need the same batch and "
                 f"sequence sizes, got {tuple(query.shape)}, {tuple(key.shape)}, "
                 f"{tuple(value.shape)}"
             )
+        return query, key, value, unbatched
 
-        pads = _padding(key_padding_mask, batch, length, unbatched)
-        if pads is not None and not isinstance(hierarchy, Hierarchy):
-            raise TypeError(
-                f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}"
-            )
-        if pads is not None and length != hierarchy.num_leaves:
-            raise ValueError(
-                f"the sequence has {length} positions but the hierarchy has "
-                f"{hierarchy.num_leaves} leaves"
-            )
-        if pads is not None and positions is not None:
-            n_nodes = hierarchy.num_nodes if isinstance(hierarchy, Hierarchy) else None
-            if (
-                not isinstance(positions, torch.Tensor)
-                or positions.dim() != 2
-                or (positions.shape[0] != n_nodes)
-            ):
-                raise ValueError(
-                    f"positions must be a (N + M, d_p) = ({n_nodes}, d_p) tensor, one row per "
-                    "node of the hierarchy"
-                )
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, E)`` to ``(B, num_heads, L, head_dim)``."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        hierarchy: Hierarchy,
+        positions: torch.Tensor | None,
+        pads: np.ndarray | None,
+        parts: list[tuple[Hierarchy, np.ndarray]] | None,
+    ) -> torch.Tensor:
+        """HSA of every head, ``(B, num_heads, L, head_dim)``; with pads, the batch attends as
+        one forest (:func:`~hsa_fast.packing.padded_forest`)."""
         kw = {"scale": None, "energy": self.energy}  # None: 1/sqrt(head_dim)
         if pads is None:
-            y = hsa(q, k, v, hierarchy, positions=positions, **kw)
-        else:  # one forest for the batch: element b on leaves b L .. b L + L - 1
-            parts = [without_pads(hierarchy, row) for row in pads]
-            n = hierarchy.num_leaves
-            origin = np.concatenate([o[:n] for _, o in parts] + [o[n:] for _, o in parts])
-            pos = (
-                None
-                if positions is None
-                else positions[torch.as_tensor(origin, device=positions.device)]
-            )
-            forest = Hierarchy.forest([tree for tree, _ in parts])
+            return hsa(q, k, v, hierarchy, positions=positions, **kw)
+        batch, length = q.shape[0], q.shape[2]
+        packed = padded_forest([tree for tree, _ in parts], ~pads)
+        pos = None
+        if positions is not None:  # each forest node's row: its node of the hierarchy
+            kept = [ids for _, ids in parts]
+            first = np.cumsum([0] + [ids.size for ids in kept[:-1]])
+            origin = np.arange(packed.node.size) % length  # a pad: its own leaf
+            real = packed.node >= 0
+            origin[real] = np.concatenate(kept)[first[packed.element[real]] + packed.node[real]]
+            pos = positions[torch.as_tensor(origin, device=positions.device)]
 
-            def packed(x: torch.Tensor) -> torch.Tensor:  # (B, H, L, e) -> (H, B L, e)
-                return x.transpose(0, 1).reshape(self.num_heads, batch * length, -1)
+        def rows(x: torch.Tensor) -> torch.Tensor:  # (B, H, L, e) -> (H, B L, e)
+            return x.transpose(0, 1).flatten(1, 2)
 
-            y = hsa(packed(q), packed(k), packed(v), forest, positions=pos, **kw)
-            y = y.view(self.num_heads, batch, length, self.head_dim).transpose(0, 1)
-        y = self.out_proj(y.transpose(1, 2).reshape(batch, length, self.embed_dim))
-        weights = None
-        if need_weights:
-            if pads is None:
-                theta = hsa_attention_matrix(q, k, hierarchy, positions=positions, **kw)
-            else:
-                theta = torch.stack(
-                    [
-                        hsa_attention_matrix(
-                            q[b],
-                            k[b],
-                            tree,
-                            positions=None
-                            if positions is None
-                            else positions[torch.as_tensor(kept, device=positions.device)],
-                            **kw,
-                        )
-                        for b, (tree, kept) in enumerate(parts)
-                    ]
-                )
-            theta = theta.to(q.dtype)  # (B, H, L, L)
-            weights = theta.mean(1) if average_attn_weights else theta
-            if unbatched:
-                weights = weights.squeeze(0)
-        if unbatched:
-            return y.squeeze(0), weights
-        return (y if self.batch_first else y.transpose(0, 1)), weights
+        y = hsa(rows(q), rows(k), rows(v), packed.forest, positions=pos, **kw)
+        return y.unflatten(1, (batch, length)).transpose(0, 1)
+
+    def _weights(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        hierarchy: Hierarchy,
+        positions: torch.Tensor | None,
+        parts: list[tuple[Hierarchy, np.ndarray]] | None,
+        average: bool,
+    ) -> torch.Tensor:
+        """HSA's attention matrix by the reference, ``(B, L, L)`` averaged over heads or
+        ``(B, num_heads, L, L)``; a pad's row and column are zero but for its own entry."""
+        kw = {"scale": None, "energy": self.energy}
+        if parts is None:
+            theta = hsa_attention_matrix(q, k, hierarchy, positions=positions, **kw)
+        else:
+            theta = q.new_zeros(*q.shape[:3], q.shape[2], dtype=torch.float64)
+            for b, (tree, kept) in enumerate(parts):
+                rows = torch.as_tensor(kept[: tree.num_leaves], device=q.device)
+                pos = None
+                if positions is not None:
+                    pos = positions[torch.as_tensor(kept, device=positions.device)]
+                part = hsa_attention_matrix(q[b][:, rows], k[b][:, rows], tree, positions=pos, **kw)
+                theta[b][:, rows[:, None], rows[None, :]] = part
+                pads = np.setdiff1d(np.arange(q.shape[2]), kept[: tree.num_leaves])
+                pads = torch.as_tensor(pads, device=q.device)
+                theta[b][:, pads, pads] = 1  # a pad is a one-leaf tree
+        theta = theta.to(q.dtype)
+        return theta.mean(1) if average else theta

@@ -93,6 +93,18 @@ class ShardPlan:
         return int.from_bytes(h.digest(), "little") >> 1
 
     @cached_property
+    def top_tree(self) -> Hierarchy:
+        """The tree above the cut as a hierarchy over the table: its leaves are the
+        ``num_shards * slots`` cut rows (padding rows are one-leaf trees), its families the
+        top families, node ``num_shards * slots + i`` being ``top_families[i]``."""
+        rows = self.num_shards * self.slots
+        parent = np.full(rows + self.top_families.size, -1, dtype=np.int64)
+        for fams, kids in self.top_levels:
+            real = kids >= 0
+            parent[kids[real]] = np.broadcast_to(fams[:, None], kids.shape)[real]
+        return Hierarchy(parent, rows)
+
+    @cached_property
     def table_counts(self) -> np.ndarray:
         """``|B|`` of every row of the top-tree table (1 in padding rows)."""
         counts = self.hierarchy.leaf_counts

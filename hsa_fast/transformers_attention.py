@@ -28,7 +28,6 @@ Imported only where ``transformers`` is installed; ``import hsa_fast`` never imp
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from hsa_ref import Hierarchy
 
 from .api import hsa
+from .packing import padded_forest
 
 __all__ = ["hsa_attention_forward", "register"]
 
@@ -89,6 +89,11 @@ def hsa_attention_forward(
         )
     if dropout:
         raise ValueError(f"HSA has no attention dropout (got dropout={dropout}); call eval()")
+    if kwargs.get("output_attentions"):
+        raise ValueError(
+            "output_attentions=True: the HSA layers form no attention matrix; call the model "
+            "without it, or form HSA's matrix with hsa_ref.hsa_attention_matrix"
+        )
     if attention_mask is None and getattr(module, "is_causal", False):
         raise ValueError("HSA is bidirectional; this attention module is causal")
     groups = getattr(module, "num_key_value_groups", 1)
@@ -101,12 +106,10 @@ def hsa_attention_forward(
     q, k, v = rows(query), rows(key), rows(value)
     if isinstance(hierarchy, Hierarchy) and hierarchy.num_leaves == bsz * length and bsz > 1:
         _check_batch_forest(hierarchy, real)
-        out = hsa(q, k, v, hierarchy, scale=scaling)
-    else:
-        trees = _per_input(hierarchy, real)
-        keep = real.reshape(-1).nonzero().squeeze(-1)
-        out = v.clone()  # a pad is a one-leaf tree: it returns its own value
-        out[:, keep] = hsa(q[:, keep], k[:, keep], v[:, keep], _forest(trees), scale=scaling)
+        forest = hierarchy
+    else:  # a pad is a one-leaf tree: it returns its own value
+        forest = padded_forest(_per_input(hierarchy, bsz, length), real.cpu().numpy()).forest
+    out = hsa(q, k, v, forest, scale=scaling)
     out = out.reshape(heads, bsz, length, -1).permute(1, 2, 0, 3)
     return out.contiguous(), None
 
@@ -155,11 +158,9 @@ def _padding_mask(
 
 
 def _per_input(
-    hierarchy: Hierarchy | Sequence[Hierarchy], real: torch.Tensor
+    hierarchy: Hierarchy | Sequence[Hierarchy], bsz: int, length: int
 ) -> tuple[Hierarchy, ...]:
-    """One tree per input, each checked against that input's number of real tokens."""
-    bsz, length = real.shape
-    counts = real.sum(-1).tolist()
+    """One tree per input (over its real tokens; the packer checks their number)."""
     if isinstance(hierarchy, Hierarchy):
         if bsz != 1:
             raise ValueError(
@@ -171,23 +172,10 @@ def _per_input(
     if isinstance(hierarchy, str | bytes) or not isinstance(hierarchy, Sequence):
         raise TypeError(f"hierarchy must be a Hierarchy or a sequence of them, got {hierarchy!r}")
     trees = tuple(hierarchy)
-    if len(trees) != bsz:
-        raise ValueError(f"got {len(trees)} hierarchies for a batch of {bsz} inputs")
-    for b, (tree, n) in enumerate(zip(trees, counts, strict=True)):
+    for b, tree in enumerate(trees):
         if not isinstance(tree, Hierarchy):
             raise TypeError(f"hierarchy[{b}] is a {type(tree).__name__}, not a Hierarchy")
-        if tree.num_leaves != n:
-            raise ValueError(
-                f"hierarchy[{b}] has {tree.num_leaves} leaves, but input {b} has {n} tokens "
-                f"(sequence length {length}, {length - n} of them padding)"
-            )
     return trees
-
-
-@functools.lru_cache(maxsize=16)
-def _forest(trees: tuple[Hierarchy, ...]) -> Hierarchy:
-    """The inputs' trees packed side by side (cached: every layer of a call reuses it)."""
-    return trees[0] if len(trees) == 1 else Hierarchy.forest(trees)
 
 
 def _check_batch_forest(forest: Hierarchy, real: torch.Tensor) -> None:

@@ -16,9 +16,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TREE_FORMAT", "Hierarchy"]
+__all__ = ["MAX_NODES", "TREE_FORMAT", "Hierarchy"]
 
 TREE_FORMAT = "hsa-tree/1"
+
+MAX_NODES = 2**31 - 1
+"""The most nodes a hierarchy may have: node ids fit a signed 32-bit integer, as the GPU
+kernels address them. Larger requests raise ``ValueError`` before anything is allocated."""
+
+MAX_JSON_DIGITS = 1000
+"""The longest integer (in decimal digits) that hierarchy JSON may hold. Longer ones are refused
+before they are converted (no id or count comes near it; Python's own default limit, 4,300
+digits, would fail with a message about its settings)."""
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -32,11 +41,30 @@ MAX_LISTED = 10
 """Error messages list at most this many ids."""
 
 
+def _check_size(num_nodes: int, what: str) -> None:
+    if num_nodes > MAX_NODES:
+        raise ValueError(
+            f"{what} is too large: it needs at least {num_nodes:,} nodes, more than "
+            f"MAX_NODES = {MAX_NODES:,}"
+        )
+
+
 def _listed(ids: Sequence[int]) -> str:
     """``ids`` for an error message, cut to :data:`MAX_LISTED` entries."""
     if len(ids) <= MAX_LISTED:
         return str(list(ids))
     return f"[{', '.join(map(str, ids[:MAX_LISTED]))}, ...] ({len(ids)} in all)"
+
+
+def _json_int(digits: str) -> int:
+    """An integer of hierarchy JSON; ``ValueError`` past :data:`MAX_JSON_DIGITS` digits."""
+    length = len(digits.lstrip("-"))
+    if length > MAX_JSON_DIGITS:
+        raise ValueError(
+            f"an integer of {length} digits, more than the {MAX_JSON_DIGITS} allowed (no id or "
+            "count comes near)"
+        )
+    return int(digits)
 
 
 def _as_int_list(values: Any, what: str) -> list[int]:
@@ -119,6 +147,7 @@ class Hierarchy:
         num_leaves = _as_int(num_leaves, "num_leaves")
         if num_leaves < 1:
             raise ValueError(f"num_leaves must be at least 1, got {num_leaves}")
+        _check_size(num_leaves + 1, f"one_family({num_leaves})")
         return cls([num_leaves] * num_leaves + [-1], num_leaves)
 
     @classmethod
@@ -136,6 +165,11 @@ class Hierarchy:
             raise ValueError(f"num_leaves must be at least 1, got {num_leaves}")
         if branching < 2:
             raise ValueError(f"branching must be at least 2, got {branching}")
+        total, width = num_leaves, num_leaves
+        while width > 1 and total <= MAX_NODES:
+            width = -(-width // branching)
+            total += width
+        _check_size(total, f"balanced({num_leaves}, {branching})")
         parent: list[int] = [-1] * num_leaves
         level = list(range(num_leaves))
         while len(level) > 1:
@@ -241,6 +275,7 @@ class Hierarchy:
                 if length < 1:
                     raise ValueError(f"levels[{l}][{i}] = {length}: segment lengths must be >= 1")
         num_leaves = sum(lengths[0])
+        _check_size(num_leaves + sum(map(len, lengths)), "from_segments(levels)")
         parent: list[int] = [-1] * num_leaves
         below = list(range(num_leaves))
         for l, level in enumerate(lengths):
@@ -332,12 +367,23 @@ class Hierarchy:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Hierarchy:
-        """Parse ``hsa-tree/1`` JSON; ``ValueError`` for malformed JSON or a wrong format tag."""
+        """Parse ``hsa-tree/1`` JSON (a string, or UTF-8 / UTF-16 / UTF-32 bytes).
+
+        ``ValueError`` for malformed JSON (undecodable bytes, nesting too deep for the parser,
+        integers longer than :data:`MAX_JSON_DIGITS` digits included) or a wrong format tag.
+        """
         if not isinstance(text, str | bytes | bytearray):
             raise TypeError(f"from_json expects str or bytes, got {type(text).__name__}")
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
+            obj = json.loads(text, parse_int=_json_int)
+        except RecursionError:
+            raise ValueError(
+                "malformed hierarchy JSON: nested too deeply to parse (hsa-tree/1 is an object "
+                "holding one flat list of parents)"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"hierarchy JSON bytes are not valid text: {exc}") from None
+        except ValueError as exc:  # json.JSONDecodeError, or an integer too long
             raise ValueError(f"malformed hierarchy JSON: {exc}") from None
         return cls.from_dict(obj)
 

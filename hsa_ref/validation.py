@@ -10,7 +10,15 @@ import torch
 
 from .hierarchy import Hierarchy
 
-__all__ = ["DTYPES", "ENERGIES", "AttentionInputs", "check_attention_inputs", "check_dtype"]
+__all__ = [
+    "DTYPES",
+    "ENERGIES",
+    "AttentionInputs",
+    "check_attention_inputs",
+    "check_dtype",
+    "check_scale",
+    "check_tensor",
+]
 
 ENERGIES = ("dot", "distance")
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -33,43 +41,67 @@ class AttentionInputs:
         return self.q.shape[:-2]
 
 
-def _check_tensor(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape (..., N, d), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
-    return x
-
-
-def check_scale(scale: object, d_k: int) -> float:
-    """The softmax temperature: ``1/sqrt(d_k)`` for ``None``, else a finite real number."""
-    if scale is None:
-        return 1.0 / math.sqrt(d_k)
-    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and not scale.requires_grad:
-        scale = scale.item()
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return scale
+def _accepted() -> str:
+    names = [str(t) for t in DTYPES]
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def check_dtype(dtype: object, what: str = "dtype") -> torch.dtype:
     """``dtype`` if it is one of :data:`DTYPES`; ``TypeError`` naming it otherwise."""
     if not isinstance(dtype, torch.dtype):
         raise TypeError(
-            f"{what} must be a torch.dtype (torch.float64, torch.float32, torch.float16 or "
-            f"torch.bfloat16), got {dtype!r} ({type(dtype).__name__})"
+            f"{what} must be a torch.dtype ({_accepted()}), got {dtype!r} ({type(dtype).__name__})"
         )
     if dtype not in DTYPES:
-        raise TypeError(
-            f"{what} must be torch.float64, torch.float32, torch.float16 or torch.bfloat16, "
-            f"got {dtype}"
-        )
+        raise TypeError(f"{what} must be {_accepted()}, got {dtype}")
     return dtype
+
+
+def check_tensor(name: str, x: object, *, min_dim: int = 2, dtype: bool = True) -> torch.Tensor:
+    """``x`` if it is a dense floating-point tensor of an accepted dtype (:data:`DTYPES`; not
+    checked with ``dtype=False``) with at least ``min_dim`` dimensions; ``TypeError``
+    (``ValueError`` for too few dimensions) naming ``name`` otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (torch.strided) tensor, got layout {x.layout}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if dtype:
+        check_dtype(x.dtype, f"the dtype of {name}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have shape (..., N, d), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_scale(scale: object, d_k: int) -> float:
+    """The softmax temperature: ``1/sqrt(d_k)`` for ``None``, else a finite real number (a
+    Python or NumPy number, or a one-element tensor that holds a value and needs no gradient)."""
+    if scale is None:
+        return 1.0 / math.sqrt(d_k)
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1 or scale.requires_grad:
+            grad = " that requires grad" if scale.requires_grad else ""
+            raise TypeError(
+                "scale must be a real number, a one-element tensor without gradient or None, "
+                f"got a tensor of shape {tuple(scale.shape)}{grad}"
+            )
+        if scale.device.type == "meta":
+            raise ValueError("scale is a tensor on the meta device, which holds no value")
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    try:
+        value = float(scale)
+    except OverflowError:
+        raise ValueError(
+            f"scale must be finite, got a number too large for a float ({type(scale).__name__})"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"scale must be finite, got {value}")
+    return value
 
 
 def check_energy(energy: object) -> str:
@@ -92,18 +124,18 @@ def check_attention_inputs(
 ) -> AttentionInputs:
     """Validate HSA arguments; ``v=None`` checks only ``q`` and ``k`` (attention matrices).
 
-    Raises ``TypeError`` for values of the wrong type (not a tensor, not floating point,
-    mismatched dtypes, not a :class:`Hierarchy`) and ``ValueError`` for wrong shapes, devices,
-    energies or scales, each naming the argument at fault.
+    Raises ``TypeError`` for values of the wrong type (not a dense tensor, a dtype outside
+    :data:`DTYPES`, mismatched dtypes, not a :class:`Hierarchy`) and ``ValueError`` for wrong
+    shapes, devices, energies or scales, each naming the argument at fault.
     """
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"hierarchy must be an hsa_ref.Hierarchy, got {type(hierarchy).__name__}")
-    named = [("q", _check_tensor("q", q)), ("k", _check_tensor("k", k))]
-    if v is not None:
-        named.append(("v", _check_tensor("v", v)))
+    named = [("q", q), ("k", k)] + ([("v", v)] if v is not None else [])
+    named = [(name, check_tensor(name, t, dtype=False)) for name, t in named]
     dtypes = {name: t.dtype for name, t in named}
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"q, k and v must share one dtype, got {dtypes}")
+    check_dtype(named[0][1].dtype, "the dtype of q, k and v")
     devices = {name: t.device for name, t in named}
     if len(set(devices.values())) > 1:
         raise ValueError(f"q, k and v must be on one device, got {devices}")
@@ -131,10 +163,7 @@ def check_attention_inputs(
     energy_s = check_energy(energy)
     pos = None
     if positions is not None:
-        if not isinstance(positions, torch.Tensor):
-            raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
-        if not positions.is_floating_point():
-            raise TypeError(f"positions must have a floating-point dtype, got {positions.dtype}")
+        check_tensor("positions", positions, min_dim=0)
         if positions.dim() != 2 or positions.shape[0] != hierarchy.num_nodes:
             raise ValueError(
                 f"positions must have shape (N + M, d_p) = ({hierarchy.num_nodes}, d_p), one row "

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 import hsa_fast.distributed as hd
+import hsa_fast.programme as programme
 from hsa_fast.distributed import CommStats, hsa_sharded
 from hsa_fast.sharding import partition
 from hsa_ref import Hierarchy
@@ -106,6 +107,8 @@ def cases(world: int) -> list[Case]:
         Case("planted_no_U", forest, forest_split, "dot", (), 10, planted="no_U"),
         Case("planted_local_adjoints", forest, forest_split, "dot", (), 10, planted="local_adj"),
     ]
+    out += far_from_origin(forest, forest_split)
+    out.append(Case("empty_batch", forest, forest_split, "distance", (0,), 17))
     if world == 4:  # with four ranks two trees span shards: padding could mix them
         out.append(
             Case(
@@ -118,19 +121,40 @@ def cases(world: int) -> list[Case]:
     return out
 
 
+FAR = [(torch.float64, "torch", off) for off in (1e2, 1e4, 1e6)] + [
+    (torch.float32, backend, 1e3) for backend in ("torch", "triton")
+]
+
+
+def far_from_origin(forest: Hierarchy, split: tuple[int, ...]) -> list[Case]:
+    """The distance energy with q and k far from the origin: every path (float64 and float32
+    on the PyTorch programme, float32 on the Triton kernels) at offsets 1e2 to 1e6."""
+    return [
+        Case(
+            f"far_{str(dtype).removeprefix('torch.')}_{backend}_{offset:g}",
+            *(forest, split, "distance", (2,), 18),
+            dtype=dtype,
+            backend=backend,
+            offset=offset,
+            d_k=16,
+        )
+        for dtype, backend, offset in FAR
+    ]
+
+
 def _planted(kind: str | None):
     """Patch :mod:`hsa_fast.distributed` with a wrong step; returns the undo function."""
     if kind is None:
         return lambda: None
     if kind == "no_U":  # forget what the ancestors' siblings send into a cut node
-        original = hd._top_tree
+        original = hd._above_cut
 
         def wrong(*args, **kwargs):
             top = original(*args, **kwargs)
             return torch.cat([torch.zeros_like(top[..., :-1]), top[..., -1:]], -1)
 
-        hd._top_tree = wrong
-        return lambda: setattr(hd, "_top_tree", original)
+        hd._above_cut = wrong
+        return lambda: setattr(hd, "_above_cut", original)
     if kind == "local_adj":  # backward without the adjoints of the other ranks' cut nodes
         original = hd._OwnRows.backward
 
@@ -142,10 +166,17 @@ def _planted(kind: str | None):
 
         hd._OwnRows.backward = staticmethod(wrong)
         return lambda: setattr(hd._OwnRows, "backward", staticmethod(original))
-    if kind == "pad_reads_cut_row":  # padded child slots read a real cut node's row
-        original = hd._padded
-        hd._padded = lambda kids, pad: kids.clamp(min=0)
-        return lambda: setattr(hd, "_padded", original)
+    if kind == "pad_reads_cut_row":  # padded child slots read a real row, unmasked
+        original = programme._children
+
+        def wrong(bucket, leaf, family, dim):
+            if bucket.leaf_start is not None or bucket.has_families:
+                return original(bucket, leaf, family, dim)
+            rows = leaf.index_select(dim, bucket.slot_leaf)
+            return rows.unflatten(dim, (bucket.num_families, bucket.width))
+
+        programme._children = wrong
+        return lambda: setattr(programme, "_children", original)
     raise ValueError(kind)
 
 
@@ -204,6 +235,10 @@ def refused(rank: int, world: int) -> dict[str, str]:
     attempt("different_dtype_on_rank_1", lambda: hsa_sharded(qd, qd, qd, plan))
     ones = torch.ones(3, 8, dtype=torch.float64)
     attempt("wrong_rows_everywhere", lambda: hsa_sharded(ones, ones, ones, plan))
+    q8 = q.to(torch.float8_e4m3fn)
+    attempt("float8", lambda: hsa_sharded(q8, q8, q8, plan))
+    attempt("float8_distance", lambda: hsa_sharded(q8, q8, q8, plan, energy="distance"))
+    attempt("huge_scale", lambda: hsa_sharded(q, q, q, plan, scale=10**400))
     return messages
 
 

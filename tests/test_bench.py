@@ -311,7 +311,7 @@ def test_plots_from_synthetic_runs(tmp_path, capsys) -> None:
     for c in cases("quick", "cpu"):
         w = _fake_benchmark(c, 1.0)
         flops = w["extra_info"]["dense_flops" if c.impl == "sdpa" else "flops"]
-        w["stats"]["min"] = 1e-4 + flops / 2e10  # overhead plus a fixed rate
+        w["stats"]["min"] = 2e-2 + flops / 2e10  # overhead plus a fixed rate
         w["extra_info"].update(cpu_user_s=0.9 * w["stats"]["min"], cpu_sys_s=1e-4)
         benches.append(w)
     info = {"hsa_bench": {"device": "cpu", "torch": "x", "date": "2000-01-01", "profile": "t"}}
@@ -356,7 +356,7 @@ def test_memory_baseline_is_the_programme_of_that_revision(tmp_path):
     from hsa_fast import compile_hierarchy
     from hsa_fast.programme import hsa_programme
 
-    old = memory._load_programme(memory._baseline_file("HEAD", str(tmp_path)))
+    old = memory.load_programme(memory.baseline_file("HEAD", str(tmp_path)))
     assert old is not hsa_programme
     layout = compile_hierarchy(Hierarchy.balanced(50, 7))
     q, k, v = (torch.randn(1, 50, 4) for _ in range(3))
@@ -366,6 +366,27 @@ def test_memory_baseline_is_the_programme_of_that_revision(tmp_path):
     )
     result = memory.child({"n": 64, "b": 8, "d": 4, "backward": True})
     assert isinstance(result["extra_bytes"], int)
+
+
+def test_block_sdpa_times_every_contender_and_prints_the_ratios(capsys):
+    """``python -m bench.block_sdpa`` on a tiny case: every contender timed (wall and CPU), one
+    table row per programme with both ratios; no timing is asserted."""
+    from bench import block_sdpa
+
+    best = block_sdpa.time_case(64, 8, heads=2, d=4, repeats=1)
+    assert set(best) == {"hsa", "sdpa", "hsa+backward", "sdpa+backward"}
+    assert all(wall > 0 and cpu >= 0 for wall, cpu in best.values())
+    assert block_sdpa.main(["--n", "64", "--b", "8", "--heads", "2", "--d", "4", "--repeats", "1",
+                            "--baseline", "HEAD"]) == 0  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[2:]] == ["current", "HEAD"]
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[1] == "8"
+        for ratio in (cells[4], cells[7]):  # "wall (cpu)"
+            wall, cpu = ratio.replace("(", "").replace(")", "").split()
+            assert float(wall) > 0
+            assert float(cpu) >= 0
 
 
 # ----------------------------------------------------------------------------------- summary

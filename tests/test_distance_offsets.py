@@ -35,7 +35,7 @@ BACKENDS = [
 CASES = [
     *(("torch", torch.float32, off) for off in (10.0, 100.0, 1e3)),
     *(pytest.param("triton", torch.float32, off, marks=_NO_TRITON) for off in (10.0, 100.0, 1e3)),
-    *(("torch", torch.float64, off) for off in (30.0, 1e3, 1e6)),
+    *(("torch", torch.float64, off) for off in (30.0, 1e2, 1e3, 1e4, 1e6)),
 ]
 
 
@@ -111,25 +111,29 @@ def test_float64_gradients_exact_far_from_origin(offset):
         torch.testing.assert_close(fast, b, rtol=1e-9, atol=1e-9)
 
 
-def test_clusters_within_a_tree_stay_exact():
-    """Sub-trees far from each other and from the tree's centre: only the variance form, which
-    measures every family about its own centre, keeps the energies inside each cluster exact."""
+@pytest.mark.parametrize("offset", [100.0, 1e3])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clusters_within_a_tree_stay_exact(backend, offset):
+    """Sub-trees far from each other and from the tree's centre (centring the tree does not
+    bring them near the origin): only the variance form, which measures every family about its
+    own centre, keeps the energies inside each cluster exact."""
     h = Hierarchy.from_nested([[[0, 1, 2], [3, [4, 5]]], [[6, 7], [8, 9, 10, 11]]])
     g = torch.Generator().manual_seed(3)
     shift = torch.zeros(12, 16, dtype=torch.float64)
-    shift[:6], shift[6:], shift[:6, 1] = 100.0, -100.0, 30.0
+    shift[:6], shift[6:], shift[:6, 1] = offset, -offset, 0.3 * offset
     q, k = ((shift + torch.randn(12, 16, generator=g, dtype=torch.float64)).float() for _ in "qk")
     v = torch.randn(12, 4, generator=g).float()
-    out = hsa(q, k, v, h, energy="distance", scale=0.05, backend="torch")
+    out = hsa(q, k, v, h, energy="distance", scale=0.05, backend=backend)
     ref64 = hsa_reference(q, k, v, h, energy="distance", scale=0.05)
     ref32 = hsa_reference(q, k, v, h, energy="distance", scale=0.05, dtype=torch.float32)
     err = (out.double() - ref64).abs().max().item()
     assert err <= 2 * (ref32.double() - ref64).abs().max().item() + 1e-5 * ref64.abs().max().item()
 
 
-def test_the_check_rejects_uncentred_expanded_energies():
-    """Power: the expanded form ``scale <qbar, kbar> - scale/2 (|q|^2 + |k|^2)`` without
-    centring (what the Triton kernels compute on raw inputs) misses the rounding bound."""
+def test_the_check_rejects_uncentred_family_means():
+    """Power: the kernels on raw inputs, not centred per tree, keep each family's means of q
+    and k in float32 at the size of the offset; rounded there, the energies above the leaves
+    miss the rounding bound, which the same kernels meet on centred inputs."""
     if not TRITON:
         pytest.skip("no Triton")
     q, k, v = (x.float() for x in _inputs(TREE, [100.0]))

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import hsa_fast.programme
 from hsa_fast import compile_hierarchy, hsa
 from hsa_fast.programme import hsa_programme
 from hsa_ref import Hierarchy, hsa_reference
@@ -167,8 +166,9 @@ def test_never_forms_an_n_by_n_array(shape):
 class _Probe:
     """Largest tensor any op makes (forward, backward) and bytes autograd keeps for backward."""
 
-    def __init__(self, h, chunk_elements, energy="dot", positions=False):
+    def __init__(self, h, chunk_elements, energy="dot", positions=False, programme=None):
         layout = compile_hierarchy(h)
+        programme = programme or hsa_programme
         n, z, self.d = h.num_leaves, 2, 4
         q, k, v = (
             x.requires_grad_() for x in _qkv(1, n, d_k=4, d_v=3, batch=(z,), dtype=torch.float32)
@@ -183,7 +183,7 @@ class _Probe:
             return t
 
         with _LargestTensor() as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            self.out = hsa_programme(
+            self.out = programme(
                 q,
                 k,
                 v,
@@ -232,9 +232,8 @@ def test_memory_is_bounded_whatever_the_branching(name, energy):
 
 
 @pytest.mark.parametrize("energy", ["dot", "distance"])
-def test_gradcheck_through_recomputed_row_blocks(energy, monkeypatch):
-    monkeypatch.setattr(hsa_fast.programme, "RECOMPUTE_WIDTH", 4)
-    n = 8  # one family of 8 leaves, recomputed in blocks of 4 rows
+def test_gradcheck_through_row_blocks(energy):
+    n = 8  # one family of 8 leaves, in blocks of 4 rows (or 1 row for the distance energy)
     h = Hierarchy.one_family(n)
     q, k, v = (x.requires_grad_() for x in _qkv(4, n, d_k=2, d_v=2))
     pos = torch.randn(h.num_nodes, 2, dtype=torch.float64, requires_grad=True)
@@ -247,10 +246,14 @@ def test_gradcheck_through_recomputed_row_blocks(energy, monkeypatch):
     )
 
 
-def test_memory_bound_fails_without_recomputation(monkeypatch):
-    """Power: keeping the wide blocks' intermediates for backward breaks the kept-bytes bound."""
-    monkeypatch.setattr(hsa_fast.programme, "RECOMPUTE_WIDTH", 10**9)
-    probe = _Probe(WIDE["flat-2000"], 1 << 17)
+def test_kept_bytes_bound_has_power():
+    """Power of the kept-bytes count: autograd through the literal reference keeps its N x N
+    scores, far above the bound the programme meets."""
+
+    def literal(q, k, v, layout, *, scale, energy, positions, chunk_elements):
+        return hsa_reference(q, k, v, WIDE["flat-2000"], scale=scale, energy=energy)
+
+    probe = _Probe(WIDE["flat-2000"], 1 << 17, programme=literal)
     assert probe.kept_bytes > 4 * 16 * probe.linear
 
 
@@ -312,11 +315,11 @@ def test_empty_batches_and_values(batch, d_v):
 
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 300), st.integers(1, 5000))
 def test_blocks_cover_every_row_once_within_the_budget(z, f, w, budget):
-    from hsa_fast.programme import _blocks
+    from hsa_fast.blocks import blocks
 
-    seen = torch.zeros(f, w, dtype=torch.long)
-    for a, b, r0, r1 in _blocks(z, f, w, budget):
-        assert z * (b - a) * (r1 - r0) * w <= budget or (b - a, r1 - r0) == (1, 1)
+    seen = torch.zeros(z * f, w, dtype=torch.long)
+    for a, b, r0, r1 in blocks(z * f, w, budget):
+        assert (b - a) * (r1 - r0) * w <= budget or (b - a, r1 - r0) == (1, 1)
         seen[a:b, r0:r1] += 1
     assert bool((seen == 1).all())
 
@@ -340,3 +343,40 @@ def test_non_finite_inputs_stay_in_their_tree_forward_and_backward(energy):
     for x in leaves:
         assert torch.isfinite(x.grad[other]).all()
     assert not torch.isfinite(y[~other]).all()
+
+
+# ---------------------------------------------------------------- inference, then training
+def _unseen_tree(tag: int) -> Hierarchy:
+    """A tree no other test builds, so that its layout is compiled by the first call here."""
+    return Hierarchy.from_segments([[2, 7, 1, 3 + tag, 2], [3, 2]])
+
+
+PASSES = [torch.inference_mode, torch.no_grad]
+DEVICES = [("cpu", "cpu"), ("meta", "cpu"), ("cpu", "meta")]
+
+
+@pytest.mark.parametrize("energy", ["dot", "distance"])
+@pytest.mark.parametrize("devices", DEVICES, ids="-then-".join)
+@pytest.mark.parametrize("evaluate", PASSES, ids=lambda p: p.__name__)
+def test_training_after_evaluation_on_an_equal_hierarchy(evaluate, devices, energy):
+    """Evaluating under inference mode (or no_grad) first must not break a later training call
+    on an equal hierarchy: the cached layout holds ordinary tensors."""
+    tag = PASSES.index(evaluate) * 10 + DEVICES.index(devices) * 2 + (energy == "distance")
+    first, then = devices
+    evaluated = _unseen_tree(tag)  # alive: its cache entry serves the equal hierarchy below
+    q, k, v = _qkv(5, evaluated.num_leaves, batch=(2,))
+    with evaluate():
+        hsa(q.to(first), k.to(first), v.to(first), evaluated, energy=energy)
+    q, k, v = (x.to(then).requires_grad_() for x in (q, k, v))
+    trained = _unseen_tree(tag)
+    assert trained == evaluated
+    assert trained is not evaluated
+    hsa(q, k, v, trained, energy=energy).square().sum().backward()
+    assert all(x.grad is not None and x.grad.shape == x.shape for x in (q, k, v))
+    if then == "cpu":
+        expected = [
+            torch.autograd.grad(hsa_reference(q, k, v, trained, energy=energy).square().sum(), x)[0]
+            for x in (q, k, v)
+        ]
+        for x, want in zip((q, k, v), expected, strict=True):
+            torch.testing.assert_close(x.grad, want)

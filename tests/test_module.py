@@ -207,3 +207,26 @@ def test_bad_key_padding_mask(mask, error, match):
     layer = HierarchicalSelfAttention(8, 2, batch_first=True)
     with pytest.raises(error, match=match):
         layer(torch.randn(2, 12, 8), hierarchy=H, key_padding_mask=mask)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["whole", "key_padding_mask"])
+@pytest.mark.parametrize(
+    "evaluate", [torch.inference_mode, torch.no_grad], ids=lambda p: p.__name__
+)
+def test_training_after_evaluation(evaluate, padded):
+    """Evaluate first, then train on an equal hierarchy: the cached layouts are ordinary
+    tensors, so the training call can save them for backward."""
+    torch.manual_seed(7)
+    layer = HierarchicalSelfAttention(8, 2, batch_first=True, dtype=torch.float64)
+    x = torch.randn(2, 13, 8, dtype=torch.float64)
+    mask = None
+    if padded:
+        mask = torch.zeros(2, 13, dtype=torch.bool)
+        mask[1, 4:6] = True
+    evaluated = Hierarchy.from_segments([[4, 1, 3, 5], [1, 3]])  # kept alive, like a dataset's
+    with evaluate():
+        expected = layer(x, hierarchy=evaluated, key_padding_mask=mask)[0]
+    out = layer(x, hierarchy=Hierarchy.from_segments([[4, 1, 3, 5], [1, 3]]), key_padding_mask=mask)
+    out[0].square().sum().backward()
+    torch.testing.assert_close(out[0].detach(), expected)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())

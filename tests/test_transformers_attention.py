@@ -317,3 +317,40 @@ def test_hsa_fast_does_not_need_transformers():
     result = _run(blocked)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("as_forest", [False, True], ids=["per-input trees", "one forest"])
+def test_training_after_evaluation(as_forest):
+    """Evaluate under inference mode, then train with equal trees: the backend keeps the packed
+    forest (and its compiled layout) between calls, which must not hold inference tensors."""
+    torch.manual_seed(2)
+    lengths, length = [5, 7], 7
+    trees = [Hierarchy.from_segments([[3, 2]]), Hierarchy.from_segments([[1, 4, 2]])]
+    pad = Hierarchy.from_parents([-1], 1)
+    hierarchy = Hierarchy.forest([trees[0], pad, pad, trees[1]]) if as_forest else trees
+    q, k, v = (torch.randn(2, 3, length, 8) for _ in range(3))
+    mask = _padding(lengths, length)
+    with torch.inference_mode():
+        expected, _ = hta.hsa_attention_forward(_module(), q, k, v, mask, 0.3, hierarchy=hierarchy)
+    same = [Hierarchy.from_segments([[3, 2]]), Hierarchy.from_segments([[1, 4, 2]])]
+    again = Hierarchy.forest([same[0], pad, pad, same[1]]) if as_forest else same
+    q.requires_grad_()
+    out, _ = hta.hsa_attention_forward(_module(), q, k, v, mask, 0.3, hierarchy=again)
+    out.square().sum().backward()
+    torch.testing.assert_close(out.detach(), expected)
+    assert q.grad is not None
+    assert torch.isfinite(q.grad).all()
+
+
+def test_output_attentions_is_refused_in_hsa_layers():
+    """SDPA warns and returns no weights; an HSA layer says why it cannot give any."""
+    q = k = v = torch.randn(1, 2, 4, 8)
+    tree = [Hierarchy.from_segments([[2, 2]])]
+    with pytest.raises(ValueError, match="output_attentions=True: the HSA layers form no"):
+        hta.hsa_attention_forward(_module(), q, k, v, None, 0.3, hierarchy=tree,
+                                  output_attentions=True)  # fmt: skip
+    # outside the chosen layers it is SDPA's business
+    y, _ = hta.hsa_attention_forward(
+        _module(1), q, k, v, None, 0.3, hierarchy=tree, hsa_layers=[0], output_attentions=True
+    )
+    assert y.shape == (1, 4, 2, 8)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hsa_fast.api
+import hsa_fast.backends
 from hsa_fast import compile_hierarchy, hsa
 from hsa_fast.backends import choose_backend
 from hsa_fast.triton import record_launches, triton_interpreted, triton_plan
@@ -251,7 +251,7 @@ def test_backend_choice(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the Triton path ran")
 
-    monkeypatch.setattr(hsa_fast.api, "hsa_triton", refuse)
+    monkeypatch.setattr(hsa_fast.backends, "hsa_triton", refuse)
     hsa(q, k, v, h, backend="torch")
     if not CUDA:  # auto leaves CPU tensors to the PyTorch programme, interpreter or not
         hsa(q, k, v, h)
@@ -278,7 +278,7 @@ def test_plan_covers_every_family_once():
             assert b.padded & (b.padded - 1) == 0
             assert b.width <= b.padded < 2 * b.width
             for dtype in (torch.float32, torch.bfloat16):
-                programs, tile = bucket_launch(b, dtype)
+                programs, tile = bucket_launch(b, dtype)  # the dot energy
                 assert tile.BR >= 16  # tl.dot reduces over at least 16
                 assert b.padded == tile.W
                 assert tile.G * b.padded == tile.BR * tile.NUM_CHUNKS

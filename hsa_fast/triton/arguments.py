@@ -20,12 +20,13 @@ class NodeRows(NamedTuple):
 
 
 class Stats(NamedTuple):
-    """Per-family float32 scalars ``(Z, M + 1)``: ``F(A)`` and the means of ``|q|^2, |k|^2``
-    over the family's leaves (``(0,)`` unless the energy is the distance), or their gradients."""
+    """Per-family float32 scalars ``(Z, M + 1)``: ``F(A)`` and the variances
+    ``Vq(A) = mean over i in A of |q_i - qbar_A|^2`` and ``Vk(A)`` (``(0,)`` unless the energy
+    is the distance), or their gradients."""
 
     f: Any
-    q_sq: Any
-    k_sq: Any
+    q_var: Any
+    k_var: Any
 
 
 class Bucket(NamedTuple):
@@ -44,7 +45,8 @@ class Tile(NamedTuple):
     """How a program covers a bucket: ``G`` families of ``W`` slots (the width rounded up to a
     power of two), swept in ``NUM_CHUNKS`` tiles of ``BR`` slots. ``CONTIG``: slot ``s`` is leaf
     ``leaf_start + s``; ``HAS_LEAVES`` / ``HAS_FAMILIES``: kinds of children present; ``HALF``:
-    products in the half-precision input dtype (a leaf-only bucket of float16 / bfloat16)."""
+    products in the half-precision input dtype (a leaf-only bucket of float16 / bfloat16, dot
+    energy)."""
 
     W: int
     G: int

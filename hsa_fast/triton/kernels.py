@@ -19,10 +19,16 @@ diagonal and ``delta(B, C)`` off it. A leaf's ``F`` is its own score ``s_ii`` (`
 Each child gets a row product ``R(B)``: ``sent(B) = sum_{C != B} P[B, C] v_C`` for a family,
 ``R_i = sum_C P[i, C] v_C`` (its own ``mu(i) v_i`` included) for a leaf.
 
-``HALF`` tiles (leaf-only buckets of float16 / bfloat16 inputs) multiply on the tensor cores in
-the input dtype with float32 accumulation; every other product takes float32 operands (family
-means, shares, positions), multiplied as ``F32_DOT``: ``"tf32x3"`` for float32 inputs (float32
-accuracy on the tensor cores), ``"tf32"`` for half-precision inputs (still finer than them).
+The distance energy is evaluated about each family's own centre ``c = (qbar_A + kbar_A) / 2``
+with within-node variances (:func:`_centred`): ``e_BC = s <q_B - c, k_C - c> - s/2 (|q_B - c|^2
++ Vq(B) + |k_C - c|^2 + Vk(C))``, every term of the size of the family's spread, so it stays
+exact far from the origin and where a tree's subtrees lie far from each other.
+
+``HALF`` tiles (leaf-only buckets of float16 / bfloat16 inputs, dot energy) multiply on the
+tensor cores in the input dtype with float32 accumulation; every other product takes float32
+operands (family means, centred rows, shares, positions), multiplied as ``F32_DOT``:
+``"tf32x3"`` for float32 inputs (float32 accuracy on the tensor cores), ``"tf32"`` for
+half-precision inputs (still finer than them).
 """
 
 from __future__ import annotations
@@ -65,9 +71,11 @@ class Slots(NamedTuple):
 
 class Nodes(NamedTuple):
     """What the energies read about the slots' nodes: rows ``q, k`` ``(BR, BDK)`` and ``v``
-    ``(BR, BDV)`` (leaf rows in their dtype in a leaf-only tile, else float32), ``f = F(B)``, the
-    mean squared norms ``q_sq, k_sq`` over the node's leaves (distance energy) and positions
-    ``p`` ``(BR, BDP)``."""
+    ``(BR, BDV)`` (leaf rows in their dtype in a leaf-only tile, else float32), ``f = F(B)``,
+    for the distance energy ``q_sq, k_sq`` and positions ``p`` ``(BR, BDP)``. As read,
+    ``q_sq`` is the variance ``Vq(B)`` of q over the node's leaves (0 for a leaf); centred on
+    the family's centre ``c`` (:func:`_centred`), ``q`` is ``qbar_B - c`` and ``q_sq`` the mean
+    of ``|q_i - c|^2`` over the node's leaves, ``|qbar_B - c|^2 + Vq(B)``; likewise ``k``."""
 
     q: Any
     k: Any
@@ -100,7 +108,7 @@ def _at_batch(X, z, N, M1, n_cols):
 @triton.jit
 def _stats_at_batch(S, z, M1):
     """Per-family scalars ``Stats`` ``(Z, M + 1)`` moved to batch row ``z``."""
-    return Stats(S.f + z * M1, S.q_sq + z * M1, S.k_sq + z * M1)
+    return Stats(S.f + z * M1, S.q_var + z * M1, S.k_var + z * M1)
 
 
 @triton.jit
@@ -225,7 +233,7 @@ def _per_family_rows(x, G: tl.constexpr):
 def _nodes(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale,
            TILE: tl.constexpr, E: tl.constexpr):  # fmt: skip
     """The :class:`Nodes` of slots ``sl``: rows, ``F(B)`` (a leaf's own score, a family's from
-    the level below), mean squared norms and positions."""
+    the level below), within-node variances and positions."""
     BR: tl.constexpr = TILE.BR
     BDP: tl.constexpr = E.BDP
     q = _gather(Q, sl, N, d_k, E.BDK, TILE)
@@ -241,8 +249,8 @@ def _nodes(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale,
     q_sq = tl.zeros((BR,), tl.float32)
     k_sq = tl.zeros((BR,), tl.float32)
     if E.DISTANCE:
-        q_sq = tl.where(sl.is_leaf, tl.sum(q32 * q32, 1), _family_value(stats.q_sq, sl, N))
-        k_sq = tl.where(sl.is_leaf, tl.sum(k32 * k32, 1), _family_value(stats.k_sq, sl, N))
+        q_sq = _family_value(stats.q_var, sl, N)  # Vq(B), 0 for a leaf
+        k_sq = _family_value(stats.k_var, sl, N)
         diff = q32 - k32
         f_leaf = -0.5 * scale * tl.sum(diff * diff, 1)
     else:
@@ -254,10 +262,31 @@ def _nodes(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale,
 
 
 @triton.jit
+def _slot_rows(x, G: tl.constexpr, BR: tl.constexpr):
+    """Rows ``x`` ``(G, BD)`` of the program's families, one for each of their ``BR // G``
+    slots: ``(BR, BD)``."""
+    BD: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.broadcast_to(x[:, None, :], (G, BR // G, BD)), (BR, BD))
+
+
+@triton.jit
+def _centred(x, centre):
+    """Nodes ``x`` measured from their family's centre ``centre`` ``(BR, BDK)`` (:class:`Nodes`):
+    the distance energy is invariant under a common shift of a family's q and k, and about the
+    family's own centre its block energies lose nothing to cancellation, however far the family
+    lies from the origin or from its siblings' families."""
+    q = x.q.to(tl.float32) - centre
+    k = x.k.to(tl.float32) - centre
+    return Nodes(q, k, x.v, x.f, tl.sum(q * q, 1) + x.q_sq, tl.sum(k * k, 1) + x.k_sq, x.p)
+
+
+@triton.jit
 def _logits(rows, x, cols, y, scale, HALF: tl.constexpr, E: tl.constexpr):
     """Tile of row slots ``rows`` (nodes ``x``) and column slots ``cols`` (nodes ``y``):
     ``F(B)`` where ``B = C``, else ``log|C| + e_BC``; ``-inf`` where ``B`` and ``C`` are not
-    siblings or either is padding. Also returns the diagonal mask ``B = C``."""
+    siblings or either is padding. Also returns the diagonal mask ``B = C``. For the distance
+    energy ``x`` and ``y`` are centred (:func:`_centred`):
+    ``e_BC = -s/2 mean |q_i - k_j|^2 = s <q_B, k_C> - s/2 (q_sq(B) + k_sq(C))``."""
     e = scale * _mm(x.q, tl.trans(y.k), HALF, E)
     if E.DISTANCE:
         e -= 0.5 * scale * (x.q_sq[:, None] + y.k_sq[None, :])
@@ -278,7 +307,9 @@ def hsa_up_kernel(Q, K, V, stats, R, lse_ptr, pos_ptr, bucket,
 
     Per child ``B``: ``L(B)`` into ``lse[z, B]``, ``R(B)`` into ``R``. Per family ``A``:
     ``F(A) = sum_B |B|/|A| L(B)`` into ``stats.f`` and the means of ``q, k, v`` over its leaves
-    into the family rows of ``Q, K, V`` (with those of ``|q|^2, |k|^2`` for the distance energy).
+    into the family rows of ``Q, K, V``; for the distance energy, whose tiles are centred on
+    each family's centre ``c = (qbar_A + kbar_A) / 2``, also the variances
+    ``Vq(A) = sum_B |B|/|A| (Vq(B) + |qbar_B - qbar_A|^2)`` and ``Vk(A)``.
     """
     G: tl.constexpr = TILE.G
     BR: tl.constexpr = TILE.BR
@@ -297,18 +328,34 @@ def hsa_up_kernel(Q, K, V, stats, R, lse_ptr, pos_ptr, bucket,
     q_fam = tl.zeros((G, BDK), tl.float32)
     k_fam = tl.zeros((G, BDK), tl.float32)
     v_fam = tl.zeros((G, BDV), tl.float32)
-    qsq_fam = tl.zeros((G,), tl.float32)
-    ksq_fam = tl.zeros((G,), tl.float32)
+    qvar_fam = tl.zeros((G,), tl.float32)
+    kvar_fam = tl.zeros((G,), tl.float32)
+    # a mean over A is the weighted mean over its children; the distance energy needs the means
+    # (the centre) before the energies: a sweep of their own when a family spans several tiles
+    MEANS_FIRST: tl.constexpr = E.DISTANCE and TILE.NUM_CHUNKS > 1
+    if MEANS_FIRST:
+        for rc in range(TILE.NUM_CHUNKS):
+            rows = _slots(bucket, pid, rc * BR, n_fam, width, leaf_start, N, TILE)
+            w = rows.weight[:, None]
+            q_fam += _per_family_rows(w * _gather(Q, rows, N, d_k, BDK, TILE).to(tl.float32), G)
+            k_fam += _per_family_rows(w * _gather(K, rows, N, d_k, BDK, TILE).to(tl.float32), G)
+            v_fam += _per_family_rows(w * _gather(V, rows, N, d_v, BDV, TILE).to(tl.float32), G)
     for rc in range(TILE.NUM_CHUNKS):
         rows = _slots(bucket, pid, rc * BR, n_fam, width, leaf_start, N, TILE)
         x = _nodes(Q, K, V, stats, pos_ptr, rows, N, d_k, d_v, d_p, scale, TILE, E)
-        # a mean over A is the weighted mean over its children
-        q_fam += _per_family_rows(rows.weight[:, None] * x.q.to(tl.float32), G)
-        k_fam += _per_family_rows(rows.weight[:, None] * x.k.to(tl.float32), G)
-        v_fam += _per_family_rows(rows.weight[:, None] * x.v.to(tl.float32), G)
+        if not MEANS_FIRST:
+            q_fam += _per_family_rows(rows.weight[:, None] * x.q.to(tl.float32), G)
+            k_fam += _per_family_rows(rows.weight[:, None] * x.k.to(tl.float32), G)
+            v_fam += _per_family_rows(rows.weight[:, None] * x.v.to(tl.float32), G)
         if E.DISTANCE:
-            qsq_fam += _per_family(rows.weight * x.q_sq, G)
-            ksq_fam += _per_family(rows.weight * x.k_sq, G)
+            q_a = _slot_rows(q_fam, G, BR)
+            k_a = _slot_rows(k_fam, G, BR)
+            dq = x.q.to(tl.float32) - q_a
+            dk = x.k.to(tl.float32) - k_a
+            qvar_fam += _per_family(rows.weight * (x.q_sq + tl.sum(dq * dq, 1)), G)
+            kvar_fam += _per_family(rows.weight * (x.k_sq + tl.sum(dk * dk, 1)), G)
+            centre = (q_a + k_a) * 0.5
+            x = _centred(x, centre)
 
         # online log-sum-exp over the siblings C, and R(B) = sum_C P[B, C] v_C
         m_i = tl.full((BR,), NEG_INF, tl.float32)
@@ -320,6 +367,8 @@ def hsa_up_kernel(Q, K, V, stats, R, lse_ptr, pos_ptr, bucket,
             else:
                 cols = _slots(bucket, pid, cc * BR, n_fam, width, leaf_start, N, TILE)
                 y = _nodes(Q, K, V, stats, pos_ptr, cols, N, d_k, d_v, d_p, scale, TILE, E)
+                if E.DISTANCE:  # one family per program: one centre
+                    y = _centred(y, centre)
             logits, diag = _logits(rows, x, cols, y, scale, TILE.HALF, E)
             m_new = tl.maximum(m_i, tl.max(logits, 1))
             m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
@@ -341,8 +390,8 @@ def hsa_up_kernel(Q, K, V, stats, R, lse_ptr, pos_ptr, bucket,
     _store_family_rows(K.family, fam, ok, k_fam, d_k)
     _store_family_rows(V.family, fam, ok, v_fam, d_v)
     if E.DISTANCE:
-        tl.store(stats.q_sq + fam, qsq_fam, mask=ok)
-        tl.store(stats.k_sq + fam, ksq_fam, mask=ok)
+        tl.store(stats.q_var + fam, qvar_fam, mask=ok)
+        tl.store(stats.k_var + fam, kvar_fam, mask=ok)
 
 
 @triton.jit(do_not_specialize=["n", "N", "M1"])
@@ -478,22 +527,34 @@ def _grad_logits(rows, x, a, cols, y, scale, HALF: tl.constexpr, E: tl.constexpr
 
 
 @triton.jit
-def _finish_rows(DQ, g_stats, gpos_ptr, gq, rs, gp, g_diag, sl, x, N, d_k, d_p, scale,
+def _half_gap(Q, K, sl, d_k, BDK: tl.constexpr):
+    """``(qbar_A - kbar_A) / 2`` ``(BR, BDK)`` of each slot's family ``A``: ``qbar_A - c``, and
+    ``c - kbar_A``, with ``c = (qbar_A + kbar_A) / 2`` its centre (distance energy)."""
+    return (_parent_rows(Q.family, sl, d_k, BDK) - _parent_rows(K.family, sl, d_k, BDK)) * 0.5
+
+
+@triton.jit
+def _finish_rows(DQ, g_stats, gpos_ptr, gq, rs, gp, g_diag, sl, x, Q, K, N, d_k, d_p, scale,
                  TILE: tl.constexpr, E: tl.constexpr):  # fmt: skip
     """Row gradients from ``gq = sum_C g[B, C] k_C`` (off-diagonal), ``rs = sum_C g[B, C]``,
     ``gp = sum_C g[B, C] p_C`` and ``g_diag = g[B, B] = dF(B)``: ``dq`` of leaves, and of
-    families with their ``dF`` and ``d mean|q|^2`` for the level below; positions (row part)."""
+    families with their ``dF`` and ``dVq`` for the level below; positions (row part).
+
+    Distance energy (``x`` centred on ``c``, the centre of the family in ``Q, K``):
+    ``d e_BC / d qbar_B = s (k_C - q_B)``, ``d e_BC / d Vq(B) = -s/2``, and through the
+    family's variance ``d Vq(A) / d qbar_B = 2 |B|/|A| (qbar_B - qbar_A)``."""
     gq = scale * gq + sl.weight[:, None] * _parent_rows(DQ.family, sl, d_k, E.BDK)
     q32 = x.q.to(tl.float32)
     k32 = x.k.to(tl.float32)
     g_self = tl.where(sl.is_leaf, g_diag, 0.0)  # a leaf's own score s_ii
     if E.DISTANCE:
-        gq -= scale * g_self[:, None] * (q32 - k32)
-        g_qsq_a = tl.load(g_stats.q_sq + sl.parent, mask=sl.valid, other=0.0)
-        g_qsq = -0.5 * scale * rs + sl.weight * g_qsq_a
-        gq += 2.0 * tl.where(sl.is_leaf, g_qsq, 0.0)[:, None] * q32
+        gq -= scale * (rs + g_self)[:, None] * q32 - scale * g_self[:, None] * k32
+        g_var_a = tl.load(g_stats.q_var + sl.parent, mask=sl.valid, other=0.0)
+        gap = _half_gap(Q, K, sl, d_k, E.BDK)  # qbar_B - qbar_A = (qbar_B - c) - gap
+        gq += (2.0 * sl.weight * g_var_a)[:, None] * (q32 - gap)
         if TILE.HAS_FAMILIES:
-            tl.store(g_stats.q_sq + (sl.node - N), g_qsq, mask=sl.is_family)
+            g_var = -0.5 * scale * rs + sl.weight * g_var_a
+            tl.store(g_stats.q_var + (sl.node - N), g_var, mask=sl.is_family)
     else:
         gq += scale * g_self[:, None] * k32
     if TILE.HAS_FAMILIES:
@@ -504,29 +565,44 @@ def _finish_rows(DQ, g_stats, gpos_ptr, gq, rs, gp, g_diag, sl, x, N, d_k, d_p, 
 
 
 @triton.jit
-def _finish_cols(DK, DV, g_stats, gpos_ptr, gk, gv, cs, gp, g_diag, sl, x, N, d_k, d_v, d_p,
-                 scale, TILE: tl.constexpr, E: tl.constexpr):  # fmt: skip
+def _finish_cols(DK, DV, g_stats, gpos_ptr, gk, gv, cs, gp, g_diag, sl, x, Q, K, N, d_k, d_v,
+                 d_p, scale, TILE: tl.constexpr, E: tl.constexpr):  # fmt: skip
     """Column gradients from ``gk = sum_B g[B, C] q_B``, ``gv = sum_B P'[B, C] W(A) gU(B)``,
     ``cs = sum_B g[B, C]``, ``gp = sum_B g[B, C] p_B`` and ``g_diag = dF(C)``: ``dk, dv`` of
-    leaves, of families for the level below, ``d mean|k|^2``; positions (column part)."""
+    leaves, of families for the level below, ``dVk``; positions (column part). Distance
+    energy as in :func:`_finish_rows`."""
     gk = scale * gk + sl.weight[:, None] * _parent_rows(DK.family, sl, d_k, E.BDK)
     gv += sl.weight[:, None] * _parent_rows(DV.family, sl, d_v, E.BDV)
     q32 = x.q.to(tl.float32)
     k32 = x.k.to(tl.float32)
     g_self = tl.where(sl.is_leaf, g_diag, 0.0)
     if E.DISTANCE:
-        gk += scale * g_self[:, None] * (q32 - k32)
-        g_ksq_a = tl.load(g_stats.k_sq + sl.parent, mask=sl.valid, other=0.0)
-        g_ksq = -0.5 * scale * cs + sl.weight * g_ksq_a
-        gk += 2.0 * tl.where(sl.is_leaf, g_ksq, 0.0)[:, None] * k32
+        gk += scale * g_self[:, None] * q32 - scale * (cs + g_self)[:, None] * k32
+        g_var_a = tl.load(g_stats.k_var + sl.parent, mask=sl.valid, other=0.0)
+        gap = _half_gap(Q, K, sl, d_k, E.BDK)  # kbar_C - kbar_A = (kbar_C - c) + gap
+        gk += (2.0 * sl.weight * g_var_a)[:, None] * (k32 + gap)
         if TILE.HAS_FAMILIES:
-            tl.store(g_stats.k_sq + (sl.node - N), g_ksq, mask=sl.is_family)
+            g_var = -0.5 * scale * cs + sl.weight * g_var_a
+            tl.store(g_stats.k_var + (sl.node - N), g_var, mask=sl.is_family)
     else:
         gk += scale * g_self[:, None] * q32
     _scatter(DK, sl, gk, N, d_k, TILE)
     _scatter(DV, sl, gv, N, d_v, TILE)
     if E.HAS_POS:
         _store_positions(gpos_ptr, sl, gp, d_p)
+
+
+@triton.jit
+def _read(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale,
+          TILE: tl.constexpr, E: tl.constexpr):  # fmt: skip
+    """The backward's :class:`Nodes` of slots ``sl``, centred for the distance energy on their
+    family's centre as the forward centred them (from the family means it stored)."""
+    x = _nodes(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale, TILE, E)
+    if E.DISTANCE:
+        q_a = _parent_rows(Q.family, sl, d_k, E.BDK)
+        k_a = _parent_rows(K.family, sl, d_k, E.BDK)
+        x = _centred(x, (q_a + k_a) * 0.5)
+    return x
 
 
 @triton.jit(do_not_specialize=SIZES)
@@ -565,7 +641,7 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
     if TILE.NUM_CHUNKS == 1:
         # one tile: every slot is a row B and a column C
         sl = _slots(bucket, pid, 0, n_fam, width, leaf_start, N, TILE)
-        x = _nodes(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale, TILE, E)
+        x = _read(Q, K, V, stats, pos_ptr, sl, N, d_k, d_v, d_p, scale, TILE, E)
         a = _adjoint(GU, lse_ptr, dlt_ptr, logw_ptr, g_stats.f, glogw_ptr, sl, N, d_v, BDV,
                      TILE)  # fmt: skip
         gl, kept, diag = _grad_logits(sl, x, a, sl, x, scale, TILE.HALF, E, True)
@@ -579,15 +655,15 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
         if E.HAS_POS:
             gp_r = _mm(g_off, x.p, False, E)
             gp_c = _mm(tl.trans(g_off), x.p, False, E)
-        _finish_rows(DQ, g_stats, gpos_r_ptr, gq, tl.sum(g_off, 1), gp_r, g_diag, sl, x, N,
-                     d_k, d_p, scale, TILE, E)  # fmt: skip
+        _finish_rows(DQ, g_stats, gpos_r_ptr, gq, tl.sum(g_off, 1), gp_r, g_diag, sl, x, Q, K,
+                     N, d_k, d_p, scale, TILE, E)  # fmt: skip
         _finish_cols(DK, DV, g_stats, gpos_c_ptr, gk, gv, tl.sum(g_off, 0), gp_c, g_diag, sl,
-                     x, N, d_k, d_v, d_p, scale, TILE, E)  # fmt: skip
+                     x, Q, K, N, d_k, d_v, d_p, scale, TILE, E)  # fmt: skip
     else:
         # rows B: sweep the columns for dq(B), dF(B), ...
         for rc in range(TILE.NUM_CHUNKS):
             rows = _slots(bucket, pid, rc * BR, n_fam, width, leaf_start, N, TILE)
-            x = _nodes(Q, K, V, stats, pos_ptr, rows, N, d_k, d_v, d_p, scale, TILE, E)
+            x = _read(Q, K, V, stats, pos_ptr, rows, N, d_k, d_v, d_p, scale, TILE, E)
             a = _adjoint(GU, lse_ptr, dlt_ptr, logw_ptr, g_stats.f, glogw_ptr, rows, N, d_v,
                          BDV, TILE)  # fmt: skip
             gq = tl.zeros((BR, BDK), tl.float32)
@@ -596,7 +672,7 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
             g_diag = tl.zeros((BR,), tl.float32)
             for cc in range(TILE.NUM_CHUNKS):
                 cols = _slots(bucket, pid, cc * BR, n_fam, width, leaf_start, N, TILE)
-                y = _nodes(Q, K, V, stats, pos_ptr, cols, N, d_k, d_v, d_p, scale, TILE, E)
+                y = _read(Q, K, V, stats, pos_ptr, cols, N, d_k, d_v, d_p, scale, TILE, E)
                 gl, kept, diag = _grad_logits(rows, x, a, cols, y, scale, TILE.HALF, E, False)
                 g_off = tl.where(diag, 0.0, gl)
                 g_diag += tl.sum(tl.where(diag, gl, 0.0), 1)
@@ -604,12 +680,12 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
                 rs += tl.sum(g_off, 1)
                 if E.HAS_POS:
                     gp += _mm(g_off, y.p, False, E)
-            _finish_rows(DQ, g_stats, gpos_r_ptr, gq, rs, gp, g_diag, rows, x, N, d_k, d_p,
-                         scale, TILE, E)  # fmt: skip
+            _finish_rows(DQ, g_stats, gpos_r_ptr, gq, rs, gp, g_diag, rows, x, Q, K, N, d_k,
+                         d_p, scale, TILE, E)  # fmt: skip
         # columns C: sweep the rows for dk(C), dv(C), ...
         for cc in range(TILE.NUM_CHUNKS):
             cols = _slots(bucket, pid, cc * BR, n_fam, width, leaf_start, N, TILE)
-            y = _nodes(Q, K, V, stats, pos_ptr, cols, N, d_k, d_v, d_p, scale, TILE, E)
+            y = _read(Q, K, V, stats, pos_ptr, cols, N, d_k, d_v, d_p, scale, TILE, E)
             gk = tl.zeros((BR, BDK), tl.float32)
             gv = tl.zeros((BR, BDV), tl.float32)
             cs = tl.zeros((BR,), tl.float32)
@@ -617,7 +693,7 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
             g_diag = tl.zeros((BR,), tl.float32)
             for rc in range(TILE.NUM_CHUNKS):
                 rows = _slots(bucket, pid, rc * BR, n_fam, width, leaf_start, N, TILE)
-                x = _nodes(Q, K, V, stats, pos_ptr, rows, N, d_k, d_v, d_p, scale, TILE, E)
+                x = _read(Q, K, V, stats, pos_ptr, rows, N, d_k, d_v, d_p, scale, TILE, E)
                 a = _adjoint(GU, lse_ptr, dlt_ptr, logw_ptr, g_stats.f, glogw_ptr, rows, N,
                              d_v, BDV, TILE)  # fmt: skip
                 gl, kept, diag = _grad_logits(rows, x, a, cols, y, scale, TILE.HALF, E, False)
@@ -628,5 +704,5 @@ def hsa_up_bwd_kernel(Q, K, V, stats, pos_ptr, lse_ptr, logw_ptr, GU, glogw_ptr,
                 cs += tl.sum(g_off, 0)
                 if E.HAS_POS:
                     gp += _mm(tl.trans(g_off), x.p, False, E)
-            _finish_cols(DK, DV, g_stats, gpos_c_ptr, gk, gv, cs, gp, g_diag, cols, y, N, d_k,
-                         d_v, d_p, scale, TILE, E)  # fmt: skip
+            _finish_cols(DK, DV, g_stats, gpos_c_ptr, gk, gv, cs, gp, g_diag, cols, y, Q, K, N,
+                         d_k, d_v, d_p, scale, TILE, E)  # fmt: skip

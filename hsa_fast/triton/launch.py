@@ -108,7 +108,7 @@ def forward(
     d_v = v.shape[-1]
     m1 = plan.num_families + 1
     per_family = (z, m1) if distance else (0,)
-    qf, kf, vf, sentf, ff, qsqf, ksqf, lse = _buffers(
+    qf, kf, vf, sentf, ff, qvarf, kvarf, lse = _buffers(
         q.device, False, (z, m1, d_k), (z, m1, d_k), (z, m1, d_v), (z, m1, d_v), (z, m1),
         per_family, per_family, (z, n + m1 - 1),
     )  # fmt: skip
@@ -116,11 +116,11 @@ def forward(
     out = torch.empty(z, n, d_v, device=q.device, dtype=q.dtype)
     rloc = torch.empty_like(out) if keep else out
     Q, K, V, R = NodeRows(q, qf), NodeRows(k, kf), NodeRows(v, vf), NodeRows(rloc, sentf)
-    stats = Stats(ff, qsqf, ksqf)
+    stats = Stats(ff, qvarf, kvarf)
     d_p, energy = _energy(q, v, pos, distance)
     pos_arg = pos if pos is not None else ff
     for b in plan.buckets:
-        programs, tile = bucket_launch(b, q.dtype)
+        programs, tile = bucket_launch(b, q.dtype, distance)
         launch(
             kern.hsa_up_kernel, (programs, z),
             Q, K, V, stats, R, lse, pos_arg, b.children,
@@ -163,7 +163,7 @@ def backward(
     guf, glogwf, dlt = _buffers(q.device, False, (z, m1, d_v), (z, m1), (z, n + m1 - 1))
     GU = NodeRows(gy, guf)
     for b in plan.buckets:
-        programs, tile = bucket_launch(b, q.dtype)
+        programs, tile = bucket_launch(b, q.dtype, distance)
         launch(
             kern.hsa_down_bwd_kernel, (programs, z),
             GU, saved.R, saved.logw, glogwf, dlt, b.children,
@@ -175,15 +175,15 @@ def backward(
     d_p, energy = _energy(q, v, pos, distance)
     per_family = (z, m1) if distance else (0,)
     per_node_pos = (z, n + m1 - 1, d_p if pos is not None else 0)
-    gqf, gkf, gvf, gff, gqsqf, gksqf, gpos_r, gpos_c = _buffers(
+    gqf, gkf, gvf, gff, gqvarf, gkvarf, gpos_r, gpos_c = _buffers(
         q.device, True, (z, m1, d_k), (z, m1, d_k), (z, m1, d_v), (z, m1),
         per_family, per_family, per_node_pos, per_node_pos,  # positions: row and column parts
     )  # fmt: skip
     DQ, DK, DV = NodeRows(dq, gqf), NodeRows(dk, gkf), NodeRows(dv, gvf)
-    g_stats = Stats(gff, gqsqf, gksqf)
+    g_stats = Stats(gff, gqvarf, gkvarf)
     pos_arg = pos if pos is not None else gff
     for b in reversed(plan.buckets):
-        programs, tile = bucket_launch(b, q.dtype)
+        programs, tile = bucket_launch(b, q.dtype, distance)
         launch(
             kern.hsa_up_bwd_kernel, (programs, z),
             saved.Q, saved.K, saved.V, saved.stats, pos_arg, saved.lse, saved.logw,

@@ -37,7 +37,7 @@ class BucketPlan:
     has_leaves: bool
     has_families: bool
     padded: int
-    launch: dict = field(default_factory=dict, compare=False, repr=False)  # by dtype
+    launch: dict = field(default_factory=dict, compare=False, repr=False)  # by dtype, energy
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,11 @@ def _plan_bucket(b: FamilyBucket, n: int, m: int) -> BucketPlan:
     )
 
 
-def _half(b: BucketPlan, dtype: torch.dtype) -> bool:
+def _half(b: BucketPlan, dtype: torch.dtype, distance: bool) -> bool:
     """Tensor-core products in the input dtype: leaf-only buckets of float16 / bfloat16 inputs
-    (Triton's interpreter multiplies bfloat16 blocks as integers, so not there)."""
-    if dtype == torch.bfloat16 and triton_interpreted():
+    under the dot energy (the distance energy multiplies rows centred in float32; Triton's
+    interpreter multiplies bfloat16 blocks as integers, so not there)."""
+    if distance or (dtype == torch.bfloat16 and triton_interpreted()):
         return False
     return dtype in (torch.float16, torch.bfloat16) and not b.has_families
 
@@ -117,13 +118,13 @@ def _tiling(padded: int, half: bool) -> tuple[int, int, int]:
     return 1, CHUNK, padded // CHUNK
 
 
-def bucket_launch(b: BucketPlan, dtype: torch.dtype) -> tuple[int, Tile]:
+def bucket_launch(b: BucketPlan, dtype: torch.dtype, distance: bool = False) -> tuple[int, Tile]:
     """The number of programs over bucket ``b`` and their :class:`Tile` for inputs of ``dtype``
-    (computed once per dtype)."""
-    launch = b.launch.get(dtype)
+    and the distance energy or not (computed once for each)."""
+    launch = b.launch.get((dtype, distance))
     if launch is not None:
         return launch
-    half = _half(b, dtype)
+    half = _half(b, dtype, distance)
     group, rows, chunks = _tiling(b.padded, half)
     tile = Tile(
         W=b.padded,
@@ -135,4 +136,4 @@ def bucket_launch(b: BucketPlan, dtype: torch.dtype) -> tuple[int, Tile]:
         HAS_FAMILIES=b.has_families,
         HALF=half,
     )
-    return b.launch.setdefault(dtype, (-(-b.num_families // group), tile))
+    return b.launch.setdefault((dtype, distance), (-(-b.num_families // group), tile))
