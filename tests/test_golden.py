@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from hsa_ref import golden_cases
 from hsa_ref.conformance.golden_set import (
     CASE_FORMAT,
     GOLDEN_DIR,
+    STRUCTURE_MAX_LEAVES,
     GoldenCase,
     case_specs,
     cli,
@@ -233,7 +233,7 @@ def test_small_cases_carry_the_recursion_step_by_step(stored):
     section 3."""
     from hsa_ref.conformance.diagnostics import family_table
 
-    small = [c for c in stored if c.hierarchy.num_leaves <= golden_cases.STRUCTURE_MAX_LEAVES]
+    small = [c for c in stored if c.hierarchy.num_leaves <= STRUCTURE_MAX_LEAVES]
     assert len(small) >= 20
     assert all(c.structure is None for c in stored if c not in small)
     for case in small:
