@@ -9,7 +9,8 @@ the case in that dtype):
   ``mu(B) (1 - delta)`` and its siblings get the difference (rows still sum to one, blocks
   still constant).
 
-Prints the Markdown table of docs/TOLERANCE.md (``--output FILE`` writes it too).
+Prints the Markdown table of docs/PORTING.md, "The tolerance rule" (``--output FILE`` writes
+it too).
 """
 
 from __future__ import annotations
