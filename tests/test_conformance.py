@@ -490,7 +490,7 @@ def test_report_and_saved_failures_replay(tmp_path, capsys):
     saved, report_path = tmp_path / "saved", tmp_path / "report.json"
     argv = [
         "--impl",
-        "planted_bugs:uniform_child_weights",
+        "planted_bugs:log_count_ignored",
         "--case",
         "leaf_beside_big_family",
         "--property",
@@ -508,7 +508,7 @@ def test_report_and_saved_failures_replay(tmp_path, capsys):
     assert "saved as" in out
     report = json.loads(report_path.read_text())
     assert report["format"] == REPORT_FORMAT
-    assert report["implementation"] == "planted_bugs:uniform_child_weights"
+    assert report["implementation"] == "planted_bugs:log_count_ignored"
     assert report["capabilities"]["gradients"] is False
     assert report["golden_set_version"] == SET_VERSION
     assert report["passed"] is False
@@ -522,7 +522,7 @@ def test_report_and_saved_failures_replay(tmp_path, capsys):
     replay = load_cases(saved)
     assert {c.name for c in replay} == {"leaf_beside_big_family", "matches_reference_minimal"}
     again = ["--golden", str(saved), "--golden-only", "--forward-only"]
-    assert main(["--impl", "planted_bugs:uniform_child_weights", *again]) == 1
+    assert main(["--impl", "planted_bugs:log_count_ignored", *again]) == 1
     assert main(["--impl", "planted_bugs:correct", *again]) == 0
 
 
@@ -690,6 +690,7 @@ def test_porting_guide_names_every_case_property_flag_and_constant():
     assert f"| `MAX_ROUNDED_SCORE` | {MAX_ROUNDED_SCORE:g} |" in rule
     assert f"{REFERENCE_FACTOR['output']:g} for outputs, {REFERENCE_FACTOR['gradient']:g}" in rule
     assert "POWER_TABLE" not in rule
-    assert "| bfloat16 |" in rule  # the recorded power table
+    for dtype in DTYPES:  # the recorded power table, one row per dtype
+        assert f"| {dtype} | " in guide, dtype
     assert REPORT_FORMAT in guide
     assert "docs/PORTING.md" in (ROOT / "README.md").read_text()

@@ -144,7 +144,7 @@ def _script(tmp_path: Path, body: str) -> list[str]:
         ("sys.exit(3)", "exited with status 3"),
         ("os.kill(os.getpid(), signal.SIGSEGV)", "signal 11"),
         ("print('oops', flush=True)", "not JSON"),
-        ("time.sleep(60)", "within 1 s"),
+        ("time.sleep(60)", "timed out: the port did not send its reply within 1 s"),
         ("sys.stderr.write('it went wrong here'); sys.stderr.flush(); sys.exit(1)",
          "it went wrong here"),
     ],

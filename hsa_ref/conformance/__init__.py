@@ -67,6 +67,7 @@ from .target import (
     dtype_or_usage_error,
     leaves_contiguous,
     python_port_command,
+    python_port_environment,
 )
 
 __all__ = [
@@ -103,6 +104,7 @@ __all__ = [
     "main",
     "open_target",
     "python_port_command",
+    "python_port_environment",
     "run",
     "save_failures",
     "select_cases",

@@ -7,9 +7,18 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ImplementationError", "UsageError", "check_impl_spec", "load_impl"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "ImplementationError",
+    "UsageError",
+    "check_impl_spec",
+    "device_or_usage_error",
+    "load_impl",
+]
 
 
 class UsageError(Exception):
@@ -89,3 +98,15 @@ def load_impl(spec: str) -> Callable[..., Any]:
     if not callable(obj):
         raise UsageError(f"{spec} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def device_or_usage_error(name: str) -> torch.device:
+    """The torch device named ``name`` when it is available, or :class:`UsageError`."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise UsageError(f"device {name!r} is not available: {exc}") from None
+    return dev

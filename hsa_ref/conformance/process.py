@@ -114,7 +114,7 @@ class PortProcess:
         data = line.encode("utf-8") + b"\n"
         writer = threading.Thread(target=_write, args=(proc, data), daemon=True)
         writer.start()
-        return self._read_line("a reply")
+        return self._read_line("its reply")
 
     # ------------------------------------------------------------------ internals
     def _spawn(self) -> None:
@@ -159,7 +159,9 @@ class PortProcess:
             try:
                 raw = self._lines.get(timeout=left)
             except queue.Empty:
-                raise self._failed(f"the port sent no {what} within {self.timeout:g} s") from None
+                raise self._failed(
+                    f"timed out: the port did not send {what} within {self.timeout:g} s"
+                ) from None
             if raw is None:
                 raise self._failed(f"the port closed its output before {what}")
             try:

@@ -35,6 +35,7 @@ from .target import (
     device_or_usage_error,
     dtype_or_usage_error,
     python_port_command,
+    python_port_environment,
 )
 
 __all__ = [
@@ -269,17 +270,19 @@ def open_target(
     """The target of a run (the one place the command line and the pytest plugin make it):
     a callable in this process, a Python implementation named by a string served in a child
     process (here with ``in_process``), or a port's ``command``. Close it when done."""
-    dev = device_or_usage_error(device) if in_process or callable(impl) else torch.device(device)
+    env = None
     if callable(impl):
-        return InProcessTarget(impl, dtype, dev, timeout, capabilities)
+        return InProcessTarget(impl, dtype, device_or_usage_error(device), timeout, capabilities)
     if isinstance(impl, str):
         check_impl_spec(impl)
         if in_process:
             if framework != "torch":
                 raise UsageError("--in-process runs torch callables only")
+            dev = device_or_usage_error(device)
             return InProcessTarget(load_impl(impl), dtype, dev, timeout, capabilities)
         command = python_port_command(impl, capabilities, framework=framework, device=device)
-    return PortTarget(command, dtype=dtype, timeout=timeout, capabilities=capabilities)
+        env = python_port_environment()
+    return PortTarget(command, dtype=dtype, timeout=timeout, capabilities=capabilities, env=env)
 
 
 def _run_outputs(

@@ -7,8 +7,8 @@ dtypes of the framework, the capabilities given by the flags), then answers one 
 on stdin with one reply a line on stdout (:mod:`.protocol`): the output and, when asked, the
 gradients, computed by :mod:`.frameworks`. A ``NotImplementedError`` becomes ``unsupported``;
 any other exception, ``SystemExit`` included, becomes ``error``. If the implementation cannot
-be loaded the server writes ``{"format": "hsa-port/1", "error": ..., "usage": ...}`` instead of
-its declaration and exits with status 2.
+be loaded, or the torch device is not available, the server writes ``{"format": "hsa-port/1",
+"error": ..., "usage": ...}`` instead of its declaration and exits with status 2.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from ..hierarchy import Hierarchy
 from ..validation import ENERGIES
 from .frameworks import FRAMEWORKS, BadResult, evaluate, framework_dtypes
-from .loading import ImplementationError, UsageError, load_impl
+from .loading import ImplementationError, UsageError, device_or_usage_error, load_impl
 from .protocol import ENCODINGS, PORT_FORMAT, ProtocolError, decode_array, encode_array
 
 __all__ = ["capability_flags", "main", "serve"]
@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # what importing prints is not protocol
             impl = load_impl(args.impl)
+        if args.framework == "torch":
+            device_or_usage_error(args.device)
     except (UsageError, ImplementationError) as exc:
         usage = isinstance(exc, UsageError)
         _reply(stdout, {"format": PORT_FORMAT, "error": str(exc), "usage": usage})

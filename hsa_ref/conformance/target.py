@@ -4,6 +4,7 @@ says when an output fails."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from ..tolerance import DTYPES, eps, low_precision_dtype
 from ..validation import ENERGIES
 from .calling import DEFAULT_TIMEOUT, Call, call
 from .diagnostics import diagnose
-from .loading import ImplementationError, UsageError, load_impl
+from .loading import ImplementationError, UsageError, device_or_usage_error, load_impl
 from .process import PortFailure, PortProcess
 from .protocol import Declaration, ProtocolError, parse_reply, request
 
@@ -37,6 +38,7 @@ __all__ = [
     "leaves_contiguous",
     "load_impl",
     "python_port_command",
+    "python_port_environment",
     "theta_diagnostic",
 ]
 
@@ -128,16 +130,6 @@ def dtype_or_usage_error(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def device_or_usage_error(name: str) -> torch.device:
-    """The torch device named ``name`` when it is available, or :class:`UsageError`."""
-    try:
-        dev = torch.device(name)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        raise UsageError(f"device {name!r} is not available: {exc}") from None
-    return dev
-
-
 class Target:
     """How the implementation under test is called: ``target(q, k, v, hierarchy, kwargs,
     grad_out)`` gives a :class:`~.calling.Call`. ``dtype`` is what inputs are given in,
@@ -190,6 +182,14 @@ class InProcessTarget(Target):
         )
 
 
+def python_port_environment() -> dict[str, str]:
+    """The environment of a served Python implementation: this one, with ``PYTHONPATH`` set
+    to this process's ``sys.path``, so that ``--impl`` finds every module the harness itself
+    can import (a test folder put on the path by pytest, for instance)."""
+    paths = dict.fromkeys(p or os.getcwd() for p in sys.path)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def python_port_command(
     spec: str,
     capabilities: Capabilities = FULL,
@@ -220,11 +220,12 @@ class PortTarget(Target):
         timeout: float | None = DEFAULT_TIMEOUT,
         capabilities: Capabilities = FULL,
         cwd: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         if isinstance(command, str):
             command = shlex.split(command)
         self.dtype = dtype
-        self.process = PortProcess(command, timeout=timeout, cwd=cwd)
+        self.process = PortProcess(command, timeout=timeout, cwd=cwd, env=env)
         self._next = 0
         try:
             declaration = self.process.start()
