@@ -13,7 +13,7 @@ from hypothesis import settings
 
 from hsa_fast import hsa
 from hsa_ref import hsa_reference
-from hsa_ref.conformance import PROPERTIES, Target, check_property
+from hsa_ref.conformance import PROPERTIES, InProcessTarget, check_property
 from hsa_ref.tolerance import DTYPES
 
 EXAMPLES = settings.default.max_examples
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("prop", list(PROPERTIES))
-@pytest.mark.parametrize("target", list(TARGETS))
-def test_invariant(target, prop):
-    impl, dtype = TARGETS[target]
-    outcome = check_property(Target(impl, dtype), PROPERTIES[prop], examples=EXAMPLES, seed=7)
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_invariant(name, prop):
+    impl, dtype = TARGETS[name]
+    target = InProcessTarget(impl, dtype)
+    outcome = check_property(target, PROPERTIES[prop], examples=EXAMPLES, seed=7)
     assert outcome.status == "passed", outcome.line()
