@@ -7,7 +7,8 @@ property that catches it is shrunk to a small tree.
 The default run checks a few golden cases and every property on a few examples; ``-m slow``
 runs the full default suite (every golden case, 100 examples per property), and shrinks the JAX
 port's planted bug (a compilation for every new input shape makes that minutes long; the
-default run rejects that bug on golden cases).
+default run rejects that bug on golden cases). Where ``node`` is not on the path, or jax (the
+extra ``jax``, which ``nox -s tests`` does not install) is not importable, those tests skip.
 """
 
 from __future__ import annotations
