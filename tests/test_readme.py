@@ -7,14 +7,17 @@ this test run and without ``PYTHONPATH``, so that it works from a fresh checkout
 with the status its comment states (``# exit status 1``), 0 where none is stated. When a
 ``text`` block follows a ``bash`` block of one command, it is what the command prints on
 stdout, word for word except for the run's duration on the last line. The commands too long,
-or needing what a test run does not have, are listed in :data:`EXCLUDED` with the reason.
+or needing what a test run does not have, are listed in :data:`EXCLUDED` with the reason; those
+needing an optional program or module (:data:`NEEDS`) are skipped where it is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -44,6 +47,27 @@ EXCLUDED: dict[str, str] = {
 }
 """Documented commands that this test does not run, each with the reason (the comment of the
 command is left out of the key)."""
+
+NEEDS: dict[str, tuple[str, str]] = {
+    "python -m hsa_ref.conformance --command node tests/ports/hsa_port.js --examples 10 --quiet": (
+        "program",
+        "node",
+    ),
+    "python -m hsa_ref.conformance --impl tests/ports/jax_port.py:hsa --framework jax "
+    "--examples 10 --quiet": ("module", "jax"),
+}
+"""Documented commands that need an optional program or Python module: run where it is
+present, skipped with the reason where not."""
+
+
+def _missing(need: tuple[str, str] | None) -> str:
+    """Why a command cannot run here (empty when it can)."""
+    if need is None:
+        return ""
+    kind, name = need
+    found = shutil.which(name) if kind == "program" else importlib.util.find_spec(name)
+    return "" if found else f"needs the {kind} {name!r}, which is not installed"
+
 
 DURATION = re.compile(r"^\(\d+(\.\d+)? s\)$", re.M)
 
@@ -136,6 +160,7 @@ def test_readme_python_blocks_run():
 def test_every_documented_command_is_run_or_excluded_with_a_reason():
     keys = {c.key for c in COMMANDS}
     assert not set(EXCLUDED) - keys, "exclusions of commands the docs no longer show"
+    assert not set(NEEDS) - keys, "needs of commands the docs no longer show"
     for doc in DOCS:
         ran = [c for c in RUN if c.doc == _name(doc)]
         assert any(c.key.startswith("python -m hsa_ref.conformance ") for c in ran), doc
@@ -174,6 +199,8 @@ def shell_env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.mark.parametrize("command", RUN, ids=[f"{c.doc}:{c.line}" for c in RUN])
 def test_documented_command_runs(command, shell_env):
+    if reason := _missing(NEEDS.get(command.key)):
+        pytest.skip(reason)
     done = subprocess.run(
         ["bash", "-c", command.text],
         cwd=ROOT,
