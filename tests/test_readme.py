@@ -44,6 +44,9 @@ EXCLUDED: dict[str, str] = {
     "python -m bench --device cuda --full": "needs a CUDA GPU",
     "nox -s zeroshot": "nox; about five minutes",
     "python -m bench.zero_shot": "about five minutes of the pre-trained model on 160 paragraphs",
+    "nox -s train": "nox; trains fifteen models, about twenty minutes",
+    "python -m bench.train --full --device cuda": "needs a CUDA GPU",
+    "python -m bench.train --replot": "rewrites the recorded figures of results/train/",
 }
 """Documented commands that this test does not run, each with the reason (the comment of the
 command is left out of the key)."""

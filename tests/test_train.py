@@ -422,6 +422,9 @@ def test_cli_rejects_bad_options(tmp_path):
         tr.main(["--profile", "tiny", "--out", str(tmp_path), "--seeds", "0"])
     with pytest.raises(SystemExit):
         tr.main(["--profile", "tiny", "--out", str(tmp_path), "--jobs", "0"])
+    with pytest.raises(SystemExit):  # before any data is made or any worker started
+        tr.main(["--profile", "tiny", "--out", str(tmp_path / "cpu"), "--device", "no-such"])
+    assert not (tmp_path / "cpu").exists()
 
 
 def test_replot_redraws_from_the_stored_results(tmp_path):

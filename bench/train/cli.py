@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .attentions import ATTENTIONS
 from .experiment import run_experiment
 from .profiles import PROFILES
@@ -71,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes["attentions"] = tuple(dict.fromkeys(args.attentions))
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as err:
+        parser.error(f"--device {args.device} is not available here: {err}")
     try:
         profile = profile.replace(**changes)
     except (TypeError, ValueError) as err:
