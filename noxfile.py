@@ -24,8 +24,9 @@ def _install(session: nox.Session, extras: str) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pass pytest arguments after ``--``)."""
-    _install(session, "test")
+    """Run the test suite (pass pytest arguments after ``--``); with jax, so that the JAX
+    port is checked too."""
+    _install(session, "test,jax")
     session.run("pytest", *session.posargs)
 
 
