@@ -25,7 +25,7 @@ SHA256 = {
     "huge_scores.json": "f1afac724464fca25302d874330a5fc1dc07f024226d47c862da3560a1fba4c8",
     "huge_scores_forest.json": "e11d6923f68158f265303013b09262ede8c8ea80f2b54b7120a12c74f1b438b8",
     "huge_scores_one_family.json": "939a5431c5bd1ca48db5d067c0421f58f151eeec89f25e72df52c914d774b365",
-    "index.json": "914368bb2622f1dd7f3e6eec04958a46c0213f503efb48bae37704d1cc6f4ad1",
+    "index.json": "aab9bfa9cdfd11ef350312db436dbaa55cf2e75ede26c99b36e79f3deaaf5c4c",
     "large_b_in_deep_tree.json": "78969f15c87d2eea113ce4fcbb1fd6b9032624c8256d2f293e7acc67265f73ce",
     "leaf_beside_big_family.json": "478d8b462138c73b7a568360a7cb042e97a0e3338d302410c312047b047caea5",
     "many_leaves.json": "8a5865519d56b54ebc5685e7f24ed5a574c271127a5ce94c481233e0b92bdd50",
