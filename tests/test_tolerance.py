@@ -40,6 +40,13 @@ CASES = {
     ),
 }  # fmt: skip
 
+NOT_RESOLVED_IN_BFLOAT16 = {"balanced(64, 4)"}
+"""Scores of about 1 over 64 leaves: attention is close to uniform, and bfloat16's error bound
+(8 significant bits through three levels of shares) is larger than the distance from HSA to
+uniform attention or to the output without its own share. Only zeros are rejected there, as
+the power table of docs/PORTING.md says (bfloat16 resolves mistakes of 30-100% of the answer).
+Pinned: if the bfloat16 bound becomes tighter, the test says so and this set shrinks."""
+
 
 def _inputs(h: Hierarchy, d: int, dtype: torch.dtype, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -71,6 +78,9 @@ def test_rule_rejects_what_is_not_hsa_and_accepts_hsa(name, dtype):
     assert rule.checkable, rule.uncheckable
     for what, out in _wrong_outputs(q, k, v, h, kw).items():
         verdict = rule.judge(out.to(dtype))
+        if dtype == torch.bfloat16 and name in NOT_RESOLVED_IN_BFLOAT16 and what != "all zeros":
+            assert verdict.status == "passed", (what, str(verdict))
+            continue
         assert verdict.status == "failed", (what, str(verdict))
         if dtype in (torch.float64, torch.float32):  # far outside what the dtype can hide
             assert verdict.max_error > 100 * verdict.tolerance, (what, str(verdict))
@@ -175,7 +185,7 @@ def test_limit_that_would_pass_zeros_is_not_checkable():
     assert "cannot resolve this case" in verdict.reason
     # one entry the limit can resolve makes the quantity checkable, and zeros fail there
     tighter = make_limit(
-        ref, ref, bound * torch.tensor([[0.5, 1.0]]), dtype=torch.bfloat16, score_max=1.0
+        ref, ref, bound * torch.tensor([[0.25, 1.0]]), dtype=torch.bfloat16, score_max=1.0
     )
     assert tighter.checkable
     assert tighter.judge(torch.zeros(1, 2)).status == "failed"
