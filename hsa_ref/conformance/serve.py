@@ -73,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--impl", required=True, metavar="MODULE:FUNCTION")
     p.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     p.add_argument("--device", default="cpu", help="torch device (torch framework only)")
-    p.add_argument("--encoding", choices=ENCODINGS, default="json")
+    p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="how arrays cross (the harness uses base64)",
+    )
     p.add_argument("--name", default="", help="the name to declare (default: --impl)")
     capability_flags(p)
     return p

@@ -201,7 +201,7 @@ def python_port_command(
     """The command that serves the Python callable ``spec`` over ``hsa-port/1``
     (:mod:`.serve`) with these capabilities declared."""
     command = [python, "-m", "hsa_ref.conformance.serve", "--impl", spec]
-    command += ["--framework", framework, "--device", device]
+    command += ["--framework", framework, "--device", device, "--encoding", "base64"]
     for flag in capabilities.flags():
         command += flag.split()
     return command
