@@ -35,6 +35,17 @@ def _capacity(branching: int, depth: int) -> int:
     return branching**depth
 
 
+def _split(draw: st.DrawFn, total: int, parts: int, cap: int) -> list[int]:
+    """``total`` leaves drawn into ``parts`` non-empty groups of at most ``cap`` each."""
+    sizes, left = [], total
+    for i in range(parts):
+        rest = parts - i - 1
+        size = draw(st.integers(max(1, left - cap * rest), min(cap, left - rest)))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
 @st.composite
 def _nested_tree(draw: st.DrawFn, num_leaves: int, max_branching: int, depth_left: int) -> Any:
     """A nested-list tree over ``num_leaves`` placeholder leaves (``None``), depth <= depth_left."""
@@ -48,13 +59,7 @@ def _nested_tree(draw: st.DrawFn, num_leaves: int, max_branching: int, depth_lef
     cap_below = _capacity(max_branching, depth_left - 1)
     lo = max(1 if depth_left > 1 else num_leaves, -(-num_leaves // cap_below))
     hi = min(num_leaves, max_branching)
-    num_children = draw(st.integers(lo, hi))
-    sizes, left = [], num_leaves
-    for c in range(num_children):
-        rest = num_children - c - 1
-        size = draw(st.integers(max(1, left - cap_below * rest), min(cap_below, left - rest)))
-        sizes.append(size)
-        left -= size
+    sizes = _split(draw, num_leaves, draw(st.integers(lo, hi)), cap_below)
     return [draw(_nested_tree(size, max_branching, depth_left - 1)) for size in sizes]
 
 
@@ -98,14 +103,8 @@ def hierarchies(
         cap = _capacity(max_branching, depth) if max_branching > 1 else 1
         lo, hi = min_leaves, min(max_leaves, cap)
     num_leaves = draw(st.integers(lo, max(lo, hi)))
-    sizes, left = [], num_leaves
-    for t in range(num_trees):
-        rest = num_trees - t - 1
-        size = draw(st.integers(max(1, left - cap * rest), min(cap, left - rest)))
-        sizes.append(size)
-        left -= size
     trees = []
-    for size in sizes:
+    for size in _split(draw, num_leaves, num_trees, cap):
         nested = draw(_nested_tree(size, max_branching, depth))
         trees.append(Hierarchy.from_nested(_number_leaves(nested, list(range(size))[::-1])))
     h = Hierarchy.forest(trees)
